@@ -1,0 +1,1 @@
+"""sweepserve: the service around `ml/` (API, queue, worker, predictor, CLI)."""

@@ -1,0 +1,54 @@
+"""Every setting, read once from `SWEEPSERVE_*` environment variables (or a .env file)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_HOME = Path("sweepserve-data")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SWEEPSERVE_", env_file=".env", extra="ignore")
+
+    # storage
+    database_url: str = f"sqlite:///{DEFAULT_HOME / 'sweepserve.db'}"  # or postgresql://user@host/db
+    artifacts_dir: Path = DEFAULT_HOME / "artifacts"  # checkpoints; shared by all workers
+    data_dir: Path = DEFAULT_HOME / "data"  # cifar-10-batches-py/, train/+test/, or a .tar.gz
+    allow_download: bool = True  # fetch CIFAR-10 / ImageNet weights when absent locally
+
+    # queue
+    lease_seconds: float = Field(60.0, gt=0)  # a trial not heartbeaten for this long is re-queued
+    heartbeat_seconds: float = Field(10.0, gt=0)  # how often a worker renews its lease
+    poll_seconds: float = Field(1.0, gt=0)  # idle worker's sleep between claims
+
+    # serving
+    api_key: str | None = None  # when set, Bearer auth on everything but /healthz and /readyz
+    model_poll_seconds: float = Field(2.0, gt=0)  # how often /predict looks for a better model
+    max_images_per_request: int = Field(256, ge=1)
+    max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    max_batch_size: int = Field(64, ge=1)  # dynamic batching; 1 disables it
+    max_delay_ms: float = Field(5.0, ge=0)  # longest wait to fill a batch
+    max_queue: int = Field(1024, ge=1)  # pending images before 503 + Retry-After
+    model_cache_size: int = Field(3, ge=1)  # loaded models kept for ?model_id=
+
+    # logs
+    log_json: bool = False
+    log_level: str = "INFO"
+
+    @field_validator("database_url")
+    @classmethod
+    def _psycopg_driver(cls, url: str) -> str:
+        # A plain postgresql:// URL means psycopg 3, not SQLAlchemy's psycopg2 default.
+        for prefix in ("postgresql://", "postgres://"):
+            if url.startswith(prefix):
+                return "postgresql+psycopg://" + url[len(prefix) :]
+        return url
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

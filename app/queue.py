@@ -34,7 +34,8 @@ def submit_job(session: Session, spec: JobSpec, idempotency_key: str | None = No
         if existing is not None:
             if existing.spec_digest != digest:
                 raise IdempotencyMismatch(
-                    f"Idempotency-Key {idempotency_key!r} was used for job {existing.id} with a different body"
+                    f"Idempotency-Key {idempotency_key!r} was already used for job {existing.id} "
+                    "with a different body"
                 )
             return existing, False
     job = Job(

@@ -1,0 +1,56 @@
+"""The stopping rules against the papers' definitions, on hand-made histories."""
+
+from __future__ import annotations
+
+from ml.config import EarlyStoppingSpec
+from ml.early_stopping import asha_rungs, asha_should_stop, median_should_stop, should_stop
+
+
+def test_rungs_are_geometric_and_below_the_last_epoch() -> None:
+    assert asha_rungs(1, 3, 27) == [1, 3, 9]
+    assert asha_rungs(2, 2, 16) == [2, 4, 8]
+    assert asha_rungs(5, 3, 5) == []
+
+
+def test_asha_decides_only_at_rungs() -> None:
+    worse_everywhere = [0.1, 0.1]  # epoch 2 is not a rung of (1, 3)
+    assert not asha_should_stop(worse_everywhere, [[0.9, 0.9]], min_epochs=1, eta=3, max_epochs=9)
+
+
+def test_asha_first_arrival_at_a_rung_continues() -> None:
+    assert not asha_should_stop([0.1], [], min_epochs=1, eta=3, max_epochs=9)
+
+
+def test_asha_keeps_only_the_top_third_of_a_rung() -> None:
+    rung1 = [[0.9], [0.8], [0.7], [0.6], [0.5]]
+    # Six trials at the rung: the top 6/3 = 2 continue.
+    assert not asha_should_stop([0.85], rung1, 1, 3, 9)  # rank 2
+    assert asha_should_stop([0.75], rung1, 1, 3, 9)  # rank 3
+    assert not asha_should_stop([0.95], rung1, 1, 3, 9)  # rank 1
+
+
+def test_asha_compares_at_the_rung_epoch_not_the_latest() -> None:
+    others = [[0.2, 0.3, 0.9, 0.95], [0.2, 0.3, 0.8], [0.1, 0.2, 0.7]]
+    assert asha_should_stop([0.5, 0.5, 0.6], others, 1, 3, 9)
+    assert not asha_should_stop([0.5, 0.5, 0.95], others, 1, 3, 9)
+
+
+def test_median_rule_uses_running_averages_of_the_others() -> None:
+    others = [[0.2, 0.4, 0.6], [0.3, 0.5, 0.7], [0.1, 0.1, 0.1]]
+    # Running averages at epoch 3: 0.4, 0.5, 0.1 -> median 0.4.
+    assert median_should_stop([0.1, 0.2, 0.39], others, min_epochs=3)
+    assert not median_should_stop([0.1, 0.2, 0.4], others, min_epochs=3)  # not strictly worse
+    assert not median_should_stop([0.45, 0.35, 0.2], others, min_epochs=3)  # best so far counts
+
+
+def test_median_rule_waits_for_min_epochs_and_for_peers() -> None:
+    assert not median_should_stop([0.0, 0.0], [[0.9, 0.9]], min_epochs=3)
+    assert not median_should_stop([0.0, 0.0, 0.0], [], min_epochs=3)
+    assert not median_should_stop([0.0, 0.0, 0.0], [[0.9, 0.9]], min_epochs=3)  # peer not at epoch 3
+
+
+def test_dispatch_by_strategy() -> None:
+    others = [[0.9], [0.8]]
+    assert should_stop(EarlyStoppingSpec(strategy="asha", min_epochs=1), [0.1], others, 9)
+    assert not should_stop(EarlyStoppingSpec(strategy="none"), [0.1], others, 9)
+    assert should_stop(EarlyStoppingSpec(strategy="median", min_epochs=1), [0.1], others, 9)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -43,7 +44,7 @@ class TrainConfig(Strict):
     nesterov: bool = True
     weight_decay: Annotated[float, Field(ge=0, le=1)] = 5e-4
     schedule: Literal["onecycle", "cosine", "constant"] = "onecycle"
-    warmup_epochs: Annotated[float, Field(ge=0, le=1000)] = 5.0  # cosine warm-up / one-cycle rise
+    warmup_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.15  # of all steps: linear rise to lr
     label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.1
     augment: AugmentConfig = AugmentConfig(cutout=8)
     ema_decay: Annotated[float, Field(ge=0, lt=1)] = 0.999  # per step; 0 = no EMA of weights
@@ -60,8 +61,6 @@ class TrainConfig(Strict):
     def _pretrained_needs_imagenet_batchnorm(self) -> TrainConfig:
         if self.pretrained and (self.arch != "resnet18_imagenet" or self.norm != "batch"):
             raise ValueError("pretrained weights exist only for arch resnet18_imagenet with norm batch")
-        if self.warmup_epochs > self.epochs and self.schedule != "constant":
-            raise ValueError(f"warmup_epochs ({self.warmup_epochs}) exceeds epochs ({self.epochs})")
         return self
 
 
@@ -76,7 +75,7 @@ REPORT_RECIPE: dict[str, Any] = {
     "nesterov": False,
     "weight_decay": 1e-6,
     "schedule": "constant",
-    "warmup_epochs": 0,
+    "warmup_fraction": 0.0,
     "label_smoothing": 0.0,
     "augment": {"crop": True, "flip": True, "cutout": 0},
     "ema_decay": 0.0,
@@ -102,6 +101,9 @@ class RangeSpec(Strict):
     def _ordered(self) -> RangeSpec:
         if not self.low < self.high:
             raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        if not math.isfinite(self.high - self.low):
+            # an infinite width would sample inf, which round() cannot turn into an int
+            raise ValueError(f"low ({self.low}) and high ({self.high}) must span a finite width")
         if self.log and self.low <= 0:
             raise ValueError("a log range needs low > 0")
         return self

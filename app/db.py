@@ -5,12 +5,21 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, text
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, Engine, Float, create_engine, event, literal_column, text
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.sql.elements import ColumnElement
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000  # writers wait this long for the lock instead of failing
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+# Our own version table, so the schema can live in a database that already uses Alembic.
+ALEMBIC_VERSION_TABLE = "sweepserve_alembic_version"
+MIGRATION_LOCK_KEY = 0x7377_6565_7073_7276  # pg_advisory_xact_lock key ("sweepsrv"), any fixed int64
 
 
 def make_engine(url: str) -> Engine:
@@ -53,9 +62,10 @@ def is_sqlite(engine: Engine) -> bool:
 
 def db_time(engine: Engine) -> ColumnElement[float]:
     """The database's clock in epoch seconds, so leases never depend on a worker's clock."""
+    # A typed column expression (not bare text) so it composes: `db_time(e) + lease_seconds`.
     if is_sqlite(engine):
-        return text("((julianday('now') - 2440587.5) * 86400.0)")  # type: ignore[return-value]
-    return text("extract(epoch from clock_timestamp())")  # type: ignore[return-value]
+        return literal_column("((julianday('now') - 2440587.5) * 86400.0)", Float())
+    return literal_column("extract(epoch from clock_timestamp())", Float())
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:
@@ -66,3 +76,50 @@ def session_factory(engine: Engine) -> sessionmaker[Session]:
 def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
     with factory() as session, session.begin():
         yield session
+
+
+def migration_options(connection: Connection | None = None) -> dict[str, Any]:
+    """Options for Alembic's context, shared by migrations/env.py and schema comparisons."""
+    sqlite = connection is not None and connection.dialect.name == "sqlite"
+    # render_as_batch: SQLite can only ALTER by copying the table, which batch mode does.
+    return {"version_table": ALEMBIC_VERSION_TABLE, "compare_type": True, "render_as_batch": sqlite}
+
+
+def alembic_config(url: str, connection: Connection | None = None) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))  # ConfigParser interpolation
+    if connection is not None:
+        config.attributes["connection"] = connection
+    return config
+
+
+def upgrade_to_head(url: str) -> None:
+    """Migrate the schema to the newest revision; safe when an API and workers start together.
+
+    One transaction holds a lock for the whole upgrade, so a second caller waits and then finds
+    the schema already at head: pg_advisory_xact_lock on PostgreSQL; on SQLite the BEGIN
+    IMMEDIATE that every transaction here starts with.
+    """
+    engine = make_engine(url)
+    try:
+        with engine.begin() as connection:
+            if not is_sqlite(engine):
+                connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+            command.upgrade(alembic_config(url, connection), "head")
+    finally:
+        engine.dispose()
+
+
+def schema_revision(engine: Engine) -> str | None:
+    """The revision the database is at; None for a database never migrated."""
+    with engine.connect() as connection:
+        context = MigrationContext.configure(connection, opts={"version_table": ALEMBIC_VERSION_TABLE})
+        return context.get_current_revision()
+
+
+def head_revision() -> str:
+    head = ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
+    if head is None:
+        raise RuntimeError(f"no migrations found in {MIGRATIONS_DIR}")
+    return head

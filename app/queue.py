@@ -2,14 +2,44 @@
 
 Submission, cancellation and job-status bookkeeping live here; the claim, heartbeat and
 write-back statements used by workers live here too, so every status change has one home.
+
+Trial transitions made by workers (all others are refused, see `TRIAL_TRANSITIONS`):
+    queued  -> running    `claim_trial`: attempts + 1, lease = database clock + lease_seconds
+    running -> running    `claim_trial` again once the lease expired (the worker died or hung)
+    running -> failed     lease expired with attempts == max_attempts (swept before each claim),
+                          or `fail_trial` on the last attempt
+    running -> queued     `fail_trial` with attempts left: the next claim resumes from last.pt
+    running -> cancelled  `finish_trial` after the trainer saw cancel_requested at an epoch
+                          boundary; or `fail_trial`/an expired lease when a cancel was requested
+    running -> succeeded, pruned   `finish_trial`
+Every write-back is guarded by (trial id, worker id, attempt, status running): a worker whose
+lease was taken over gets `LeaseLost` and writes nothing.
 """
 
 from __future__ import annotations
 
-from sqlalchemy import func, select, update
-from sqlalchemy.orm import Session
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
-from app.models import TRIAL_FINISHED, Job, Trial
+from sqlalchemy import (
+    ColumnElement,
+    Engine,
+    String,
+    and_,
+    case,
+    cast,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.orm import Session, aliased
+
+from app.db import db_time
+from app.models import TRIAL_FINISHED, TRIAL_TRANSITIONS, EpochMetric, Job, RegisteredModel, Trial, Worker
 from ml.config import JobSpec
 from ml.search import expand
 
@@ -117,3 +147,290 @@ def _all_finished(counts: dict[str, int]) -> bool:
 def _set_finished_if_done(session: Session, job: Job) -> None:
     if job.finished_at is None and _all_finished(trial_counts(session, job.id)):
         job.finished_at = func.now()
+
+
+# --- worker side: claim, lease, write-back -------------------------------------------------------
+
+EPOCH_FIELDS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "seconds",
+                "images_per_second")  # fmt: skip
+FINISH_STATUSES = ("succeeded", "pruned", "cancelled")
+
+
+class LeaseLost(RuntimeError):
+    """This (worker, attempt) no longer holds the trial: its lease expired and it was reclaimed."""
+
+
+class InvalidTransition(Conflict):
+    """A trial status change that `TRIAL_TRANSITIONS` does not allow."""
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One attempt at one trial by one worker; every write-back is checked against it."""
+
+    trial_id: int
+    job_id: int
+    index: int
+    attempt: int
+    worker_id: str
+    lease_seconds: float
+    config: dict[str, Any]  # the trial's TrainConfig
+    job_spec: dict[str, Any]  # the job's JobSpec
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a finished trainer reports; `history` rows have the `EPOCH_FIELDS` keys."""
+
+    status: str  # one of FINISH_STATUSES
+    history: Sequence[Mapping[str, Any]]
+    test_accuracy: float | None
+    environment: dict[str, Any] | None
+    model_path: str | None  # best.pt relative to the artifacts directory; needed when succeeded
+
+
+def check_transition(current: str, new: str) -> None:
+    if new not in TRIAL_TRANSITIONS.get(current, ()):
+        allowed = ", ".join(TRIAL_TRANSITIONS.get(current, ())) or "nothing"
+        raise InvalidTransition(f"a {current} trial cannot become {new} (allowed: {allowed})")
+
+
+def claim_trial(session: Session, worker_id: str, lease_seconds: float) -> Claim | None:
+    """Claim the next trial with ONE conditional UPDATE ... RETURNING; None when there is none.
+
+    PostgreSQL picks the candidate with FOR UPDATE SKIP LOCKED, so concurrent workers each get
+    a different row without waiting; SQLite serialises claims with BEGIN IMMEDIATE instead
+    (its compiler leaves FOR UPDATE out).
+    """
+    settle_expired_leases(session)
+    now = db_time(session.get_bind())  # type: ignore[arg-type]
+    candidate = aliased(Trial)
+    pick = (
+        select(candidate.id)
+        .join(Job, Job.id == candidate.job_id)
+        .where(_claimable(candidate, Job, now))
+        .order_by(Job.priority.desc(), Job.id.asc(), candidate.index.asc())
+        .limit(1)
+        .with_for_update(of=candidate, skip_locked=True)
+    )
+    claimed = (
+        update(Trial)
+        .where(Trial.id == pick.scalar_subquery(), Trial.status.in_(("queued", "running")))
+        .values(
+            status="running",
+            worker_id=worker_id,
+            attempts=Trial.attempts + 1,
+            lease_expires_at=now + lease_seconds,
+            started_at=func.coalesce(Trial.started_at, func.now()),
+            error=None,
+        )
+        .returning(Trial.id, Trial.job_id, Trial.index, Trial.attempts, Trial.config)
+        .execution_options(synchronize_session=False)
+    )
+    row = session.execute(claimed).one_or_none()
+    if row is None:
+        return None
+    refresh_job_status(session, row.job_id)
+    job = get_job(session, row.job_id)
+    return Claim(row.id, row.job_id, row.index, row.attempts, worker_id, lease_seconds, row.config, job.spec)
+
+
+def _claimable(trial: type[Trial], job: type[Job], now: ColumnElement[float]) -> ColumnElement[bool]:
+    fresh = and_(trial.status == "queued", job.status != "cancelled")
+    abandoned = and_(
+        trial.status == "running",
+        trial.lease_expires_at < now,
+        trial.attempts < trial.max_attempts,
+        trial.cancel_requested.is_(False),  # settle_expired_leases cancels those instead
+    )
+    return or_(fresh, abandoned)
+
+
+def settle_expired_leases(session: Session) -> int:
+    """One statement ends running trials whose lease expired and that must not be resumed:
+    failed when attempts are used up, cancelled when a cancel was requested. Returns how many."""
+    now = db_time(session.get_bind())  # type: ignore[arg-type]
+    dead = aliased(Trial)
+    settle = and_(
+        dead.status == "running",
+        dead.lease_expires_at < now,
+        or_(dead.attempts >= dead.max_attempts, dead.cancel_requested.is_(True)),
+    )
+    lease_error = literal("lease expired ") + cast(Trial.attempts, String) + literal(" times (worker died?)")
+    settled = (
+        update(Trial)
+        .where(Trial.id.in_(select(dead.id).where(settle).with_for_update(of=dead, skip_locked=True)))
+        .values(
+            status=case((Trial.cancel_requested.is_(True), "cancelled"), else_="failed"),
+            error=case((Trial.cancel_requested.is_(True), Trial.error), else_=lease_error),
+            finished_at=func.now(),
+        )
+        .returning(Trial.job_id)
+        .execution_options(synchronize_session=False)
+    )
+    job_ids = list(session.scalars(settled))
+    for job_id in sorted(set(job_ids)):
+        refresh_job_status(session, job_id)
+    return len(job_ids)
+
+
+def heartbeat(engine: Engine, claim: Claim) -> bool:
+    """Renew the lease; False when it is no longer ours (the worker must stop and write nothing)."""
+    renew = (
+        update(Trial)
+        .where(_held_by(claim))
+        .values(lease_expires_at=db_time(engine) + claim.lease_seconds)
+        .returning(Trial.id)
+    )
+    with engine.begin() as connection:
+        return connection.execute(renew).one_or_none() is not None
+
+
+def record_epochs(session: Session, claim: Claim, history: Sequence[Mapping[str, Any]]) -> bool:
+    """Store the epochs of `history` that the database lacks and the trial's running summary;
+    returns whether a cancel was requested. Used after every epoch and on resume, so an epoch
+    checkpointed but not yet recorded when a worker died is recorded by the next attempt."""
+    summary: dict[str, Any] = {"lease_expires_at": db_time(session.get_bind()) + claim.lease_seconds}  # type: ignore[arg-type]
+    if history:
+        best = max(history, key=lambda m: m["val_accuracy"])  # first maximum, like the trainer's best.pt
+        summary |= {
+            "epoch": len(history),  # completed epochs, whatever the trainer's numbering
+            "train_loss": history[-1]["train_loss"],
+            "val_accuracy": best["val_accuracy"],
+            "best_epoch": best["epoch"],
+        }
+    row = _write_back(session, claim, (Trial.cancel_requested,), **summary)
+    _insert_missing_epochs(session, claim, history)
+    return bool(row.cancel_requested)
+
+
+def _insert_missing_epochs(session: Session, claim: Claim, history: Sequence[Mapping[str, Any]]) -> None:
+    known = set(session.scalars(select(EpochMetric.epoch).where(EpochMetric.trial_id == claim.trial_id)))
+    rows = [
+        {"trial_id": claim.trial_id, "attempt": claim.attempt, **{k: m[k] for k in EPOCH_FIELDS}}
+        for m in history
+        if m["epoch"] not in known
+    ]
+    if rows:
+        session.execute(insert(EpochMetric), rows)
+
+
+def finish_trial(session: Session, claim: Claim, outcome: Outcome) -> None:
+    """End the attempt as succeeded, pruned or cancelled; a succeeded trial's best.pt is registered."""
+    if outcome.status not in FINISH_STATUSES:
+        raise InvalidTransition(
+            f"finish_trial ends a trial as {', '.join(FINISH_STATUSES)}, not {outcome.status}"
+        )
+    if outcome.status == "succeeded" and outcome.model_path is None:
+        raise ValueError(f"trial {claim.trial_id} succeeded without a best checkpoint to register")
+    record_epochs(session, claim, outcome.history)
+    row = _write_back(
+        session,
+        claim,
+        (Trial.best_epoch, Trial.val_accuracy),
+        status=outcome.status,
+        test_accuracy=outcome.test_accuracy,
+        environment=outcome.environment,
+        finished_at=func.now(),
+    )
+    if outcome.status == "succeeded":
+        session.add(
+            RegisteredModel(
+                job_id=claim.job_id,
+                trial_id=claim.trial_id,
+                arch=claim.config["arch"],
+                epoch=row.best_epoch,
+                val_accuracy=row.val_accuracy,
+                test_accuracy=outcome.test_accuracy,
+                path=outcome.model_path,
+            )
+        )
+    session.flush()
+    refresh_job_status(session, claim.job_id)
+
+
+def fail_trial(session: Session, claim: Claim, error: str) -> str:
+    """The attempt raised: re-queue the trial while attempts are left, else fail it (a requested
+    cancel wins). Returns the new status; the job goes on with its other trials."""
+    current = session.execute(
+        select(Trial.attempts, Trial.max_attempts, Trial.cancel_requested)
+        .where(_held_by(claim))
+        .with_for_update()  # a cancel_job racing this must not see (or leave) a re-queued row
+    ).one_or_none()
+    if current is None:
+        _raise_lost(session, claim, "failed")
+    if current.cancel_requested:
+        status, values = "cancelled", {"finished_at": func.now()}
+    elif current.attempts < current.max_attempts:
+        status, values = "queued", {"worker_id": None, "lease_expires_at": None}
+    else:
+        status, values = "failed", {"finished_at": func.now()}
+    _write_back(session, claim, (), status=status, error=error, **values)
+    refresh_job_status(session, claim.job_id)
+    return status
+
+
+def _held_by(claim: Claim) -> ColumnElement[bool]:
+    return and_(
+        Trial.id == claim.trial_id,
+        Trial.worker_id == claim.worker_id,
+        Trial.attempts == claim.attempt,
+        Trial.status == "running",
+    )
+
+
+def _write_back(session: Session, claim: Claim, returning: tuple[Any, ...], **values: Any) -> Any:
+    """The guarded UPDATE every write-back goes through; LeaseLost when the guard matches nothing."""
+    if "status" in values:
+        check_transition("running", values["status"])
+    guarded = (
+        update(Trial)
+        .where(_held_by(claim))
+        .values(**values)
+        .returning(Trial.id, *returning)
+        .execution_options(synchronize_session=False)
+    )
+    row = session.execute(guarded).one_or_none()
+    if row is None:
+        _raise_lost(session, claim, values.get("status"))
+    return row
+
+
+def _raise_lost(session: Session, claim: Claim, new_status: str | None) -> None:
+    now = session.execute(
+        select(Trial.status, Trial.worker_id, Trial.attempts).where(Trial.id == claim.trial_id)
+    ).one_or_none()
+    if now is None:
+        raise LeaseLost(f"trial {claim.trial_id} no longer exists")
+    if new_status is not None and (now.worker_id, now.attempts) == (claim.worker_id, claim.attempt):
+        check_transition(now.status, new_status)  # our own attempt, already finished: a caller bug
+    raise LeaseLost(
+        f"trial {claim.trial_id}: attempt {claim.attempt} by {claim.worker_id} lost its lease; the trial is "
+        f"{now.status}, attempt {now.attempts} by {now.worker_id}"
+    )
+
+
+def register_worker(
+    session: Session, worker_id: str, hostname: str, pid: int, gpus: list[int] | None
+) -> None:
+    gpu_list = None if gpus is None else ",".join(map(str, gpus))
+    session.execute(
+        insert(Worker).values(
+            id=worker_id,
+            hostname=hostname,
+            pid=pid,
+            gpus=gpu_list,
+            heartbeat_at=db_time(session.get_bind()),  # type: ignore[arg-type]
+        )
+    )
+
+
+def touch_worker(engine: Engine, worker_id: str) -> None:
+    with engine.begin() as connection:
+        connection.execute(update(Worker).where(Worker.id == worker_id).values(heartbeat_at=db_time(engine)))
+
+
+def unregister_worker(session: Session, worker_id: str) -> None:
+    worker = session.get(Worker, worker_id)
+    if worker is not None:
+        session.delete(worker)

@@ -1,0 +1,103 @@
+"""/models: the checkpoints finished trials produced, which one is active, promotion, export."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+from fastapi import Path as PathParam
+from fastapi.responses import FileResponse
+from sqlalchemy.orm import Session
+from starlette.background import BackgroundTask
+
+from app.deps import PredictorDep, SessionDep, SettingsDep
+from app.export import MEDIA_TYPES, SUFFIXES, ExportUnavailable, export_model
+from app.models import RegisteredModel
+from app.problems import Problem
+from app.registry import active_model, get_model, list_models, promote_model
+from app.routes.jobs import INT64_MAX
+from app.schemas import problem_responses
+from app.schemas.models import ExportFormat, ModelList, ModelOut
+
+router = APIRouter(prefix="/models", tags=["models"])
+
+ModelId = Annotated[int, PathParam(ge=1, le=INT64_MAX)]
+
+
+@router.get("", response_model=ModelList, summary="Registered models, newest first")
+def read_models(session: SessionDep) -> ModelList:
+    active = active_model(session)
+    return ModelList(items=[_model_out(row, active) for row in list_models(session)])
+
+
+@router.get("/{model_id}", response_model=ModelOut, responses=problem_responses(404, 422))
+def read_model(model_id: ModelId, session: SessionDep) -> ModelOut:
+    return _model_out(get_model(session, model_id), active_model(session))
+
+
+@router.post(
+    "/{model_id}/promote",
+    response_model=ModelOut,
+    responses=problem_responses(404, 409, 422),
+    summary="Make this model the one /predict serves; it switches without a restart",
+)
+def promote(model_id: ModelId, session: SessionDep, settings: SettingsDep, predictor: PredictorDep) -> ModelOut:
+    with session.begin():
+        promote_model(session, model_id, settings.artifacts_dir)
+    predictor.request_reload()
+    return _model_out(get_model(session, model_id), active_model(session))
+
+
+@router.get(
+    "/{model_id}/export",
+    response_class=FileResponse,
+    responses={
+        200: {"content": {media: {} for media in set(MEDIA_TYPES.values())}, "description": "the model file"},
+        **problem_responses(404, 422, 501),
+    },
+    summary="Download the model as ONNX, TorchScript (both take 0..1 RGB, normalise inside) or state_dict",
+)
+def export(
+    model_id: ModelId,
+    session: SessionDep,
+    settings: SettingsDep,
+    format: Annotated[ExportFormat, Query(description="file format")] = "onnx",  # noqa: A002
+) -> FileResponse:
+    row = get_model(session, model_id)
+    checkpoint = settings.artifacts_dir / row.path
+    if not checkpoint.is_file():
+        raise Problem(404, "Checkpoint missing", f"model {model_id}'s file {row.path} no longer exists")
+    path = _export_to_temp(checkpoint, format)
+    return FileResponse(
+        path,
+        media_type=MEDIA_TYPES[format],
+        filename=f"model-{model_id}{SUFFIXES[format]}",
+        background=BackgroundTask(os.unlink, path),
+    )
+
+
+def _export_to_temp(checkpoint: Path, fmt: ExportFormat) -> Path:
+    fd, name = tempfile.mkstemp(prefix="sweepserve-export-", suffix=SUFFIXES[fmt])
+    try:
+        with os.fdopen(fd, "wb") as out:
+            export_model(checkpoint, fmt, out)
+    except ExportUnavailable as exc:
+        os.unlink(name)
+        raise Problem(501, "Export format unavailable", str(exc)) from None
+    except BaseException:
+        os.unlink(name)
+        raise
+    return Path(name)
+
+
+def _model_out(row: RegisteredModel, active: RegisteredModel | None) -> ModelOut:
+    return ModelOut.model_validate(
+        {**{c: getattr(row, c) for c in ModelOut.model_fields if c != "active"}, "active": row == active}
+    )
+
+
+def _session_type_hint(session: Session) -> None:  # pragma: no cover
+    del session

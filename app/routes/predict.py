@@ -1,0 +1,139 @@
+"""POST /predict: images in (multipart `file` parts or JSON base64), class probabilities out."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Query, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
+
+from app.batching import Overloaded
+from app.deps import PredictorDep, SettingsDep
+from app.imaging import ImageRejected, decode_base64
+from app.predictor import ModelUnavailable, NoModel
+from app.problems import Problem
+from app.routes.jobs import INT64_MAX
+from app.schemas import problem_responses
+from app.schemas.predict import PredictJSON, PredictOut
+from app.settings import Settings
+
+router = APIRouter(tags=["predict"])
+
+MAX_FORM_FIELDS = 16  # non-file parts tolerated (and ignored) in a multipart body
+FILE_FIELD = "file"
+
+_REQUEST_BODY = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "properties": {"file": {"type": "array", "items": {"type": "string", "format": "binary"}}},
+                "required": ["file"],
+            }
+        },
+        "application/json": {"schema": PredictJSON.model_json_schema()},
+    },
+}
+
+
+@router.post(
+    "/predict",
+    response_model=PredictOut,
+    responses=problem_responses(404, 413, 415, 422, 503),
+    openapi_extra={"requestBody": _REQUEST_BODY},
+    summary="Classify 32x32 PNG/JPEG images with the active model (or ?model_id=)",
+)
+async def predict(
+    request: Request,
+    predictor: PredictorDep,
+    settings: SettingsDep,
+    model_id: Annotated[int | None, Query(ge=1, le=INT64_MAX, description="pin a registered model")] = None,
+    resize: Annotated[bool, Query(description="scale other sizes to 32x32 instead of refusing them")] = False,
+    tta: Annotated[
+        Literal["none", "flip"], Query(description="flip: average with the mirror image")
+    ] = "none",
+) -> dict[str, Any]:
+    try:
+        images = await read_images(request, settings)
+        return await predictor.predict(images, model_id=model_id, resize=resize, tta=tta == "flip")
+    except ImageRejected as exc:
+        raise Problem(exc.status, "Unusable image", str(exc), index=exc.index) from None
+    except Overloaded as exc:
+        raise Problem(503, "Overloaded", str(exc), headers={"Retry-After": str(exc.retry_after)}) from None
+    except (NoModel, ModelUnavailable) as exc:
+        raise Problem(503, "No model to serve", str(exc), headers={"Retry-After": "10"}) from None
+
+
+async def read_images(request: Request, settings: Settings) -> list[bytes]:
+    """The image files of a request, within the body, part and image-count limits."""
+    body = await read_capped_body(request, settings.max_body_bytes)
+    if not body:
+        raise Problem(422, "Empty body", 'send images as multipart `file` parts or JSON {"images": [...]}')
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type == "multipart/form-data":
+        images = await _multipart_files(request, body, settings.max_images_per_request)
+    elif content_type == "application/json" or content_type.endswith("+json"):
+        images = await asyncio.to_thread(_json_images, body)  # parsing megabytes must not stall the loop
+    else:
+        raise Problem(
+            415, "Unsupported body", f"Content-Type {content_type or 'none'}: use multipart or JSON"
+        )
+    _check_count(len(images), settings.max_images_per_request)
+    return images
+
+
+async def read_capped_body(request: Request, limit: int) -> bytes:
+    """The whole body, refused with 413 as soon as it is known to exceed `limit` bytes."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise _too_large(f"the body is {declared} bytes; at most {limit} are accepted")
+    chunks, size = [], 0
+    async for chunk in request.stream():  # Content-Length may be absent (chunked) or wrong
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(f"the body exceeds {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _too_large(detail: str) -> Problem:
+    # Close the connection: the client may still be sending the rest of a body we will not read.
+    return Problem(413, "Request too large", detail, headers={"Connection": "close"})
+
+
+async def _multipart_files(request: Request, body: bytes, max_images: int) -> list[bytes]:
+    async def replay() -> Any:
+        yield body
+
+    parser = MultiPartParser(request.headers, replay(), max_files=max_images, max_fields=MAX_FORM_FIELDS)
+    try:
+        form = await parser.parse()
+    except MultiPartException as exc:
+        if str(exc).startswith("Too many"):
+            raise Problem(413, "Too many parts", f"{exc} At most {max_images} images per request.") from None
+        raise Problem(422, "Malformed multipart body", str(exc)) from None
+    try:
+        uploads = [part for part in form.getlist(FILE_FIELD) if isinstance(part, UploadFile)]
+        if not uploads:
+            raise Problem(422, "No images", f"the multipart body has no `{FILE_FIELD}` file parts")
+        return [await upload.read() for upload in uploads]
+    finally:
+        await form.close()
+
+
+def _json_images(body: bytes) -> list[bytes]:
+    try:
+        texts = PredictJSON.model_validate_json(body).images
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors(include_url=False)) from None
+    return [decode_base64(text, index) for index, text in enumerate(texts)]
+
+
+def _check_count(count: int, limit: int) -> None:
+    if count > limit:
+        raise Problem(413, "Too many images", f"{count} images sent; at most {limit} per request")

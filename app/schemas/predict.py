@@ -1,0 +1,38 @@
+"""Bodies of POST /predict."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.schemas.jobs import Fraction
+
+
+class PredictJSON(BaseModel):
+    """The JSON form of a request; multipart with `file` parts is the other."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    images: list[str] = Field(
+        min_length=1,
+        description="base64 PNG or JPEG files (a data: URL prefix is allowed), 32x32 unless resize",
+    )
+
+
+class ModelRef(BaseModel):
+    id: int
+    job_id: int
+    trial_id: int
+    val_accuracy: Fraction
+    test_accuracy: Fraction | None
+
+
+class Prediction(BaseModel):
+    label: str
+    class_index: int
+    confidence: Fraction = Field(description="probability of `label`")
+    probabilities: dict[str, Fraction] = Field(description="every class, by name")
+
+
+class PredictOut(BaseModel):
+    model: ModelRef = Field(description="the model that answered")
+    predictions: list[Prediction] = Field(description="one per image, in input order")

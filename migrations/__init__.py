@@ -1,0 +1,1 @@
+"""Alembic migrations, configured from code by `app.db.alembic_config` (no alembic.ini)."""

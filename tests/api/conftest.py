@@ -1,0 +1,84 @@
+"""The app built on a temporary SQLite file and on a private PostgreSQL database (every API test runs on both).
+
+PostgreSQL gets a database of its own per test session, created from the `postgres` database and
+dropped at the end, so engineers and CI runs sharing the server never see each other's rows.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import create_engine, delete, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.main import create_app
+from app.models import Job, Worker
+from app.settings import Settings
+
+POSTGRES_URL = os.environ.get(
+    "SWEEPSERVE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    admin = create_engine(make_url(POSTGRES_URL).set(database="postgres"), isolation_level="AUTOCOMMIT")
+    name = f"sweepserve_api_{os.getpid()}_{secrets.token_hex(4)}"
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except OperationalError as exc:
+        admin.dispose()
+        pytest.skip(f"PostgreSQL at {POSTGRES_URL} is not reachable: {exc.orig}")
+    try:
+        yield make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(scope="session", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path_factory.mktemp('api-db') / 'sweepserve.db'}"
+    return request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture
+def settings(database_url: str, tmp_path: Path) -> Settings:
+    return Settings(
+        _env_file=None,  # type: ignore[call-arg]  # a developer's .env must not leak into tests
+        database_url=database_url,
+        artifacts_dir=tmp_path / "artifacts",
+        data_dir=tmp_path / "data",
+        allow_download=False,
+    )
+
+
+@pytest.fixture
+def client(settings: Settings) -> Iterator[TestClient]:
+    # raise_server_exceptions=False: a 500 must come back as the problem body clients see.
+    with TestClient(create_app(settings), raise_server_exceptions=False) as test_client:
+        _delete_all_rows(test_client.app.state.session_factory)  # the database lives for the session
+        yield test_client
+
+
+@pytest.fixture
+def sessions(client: TestClient) -> sessionmaker[Session]:
+    """The app's own session factory, for arranging rows a worker would write."""
+    return client.app.state.session_factory  # type: ignore[attr-defined]
+
+
+def _delete_all_rows(factory: sessionmaker[Session]) -> None:
+    with factory() as session:
+        session.execute(delete(Job))  # trials, epoch metrics and models cascade
+        session.execute(delete(Worker))
+        session.commit()

@@ -43,7 +43,7 @@ class _Item:
 class DynamicBatcher:
     def __init__(self, max_batch_size: int, max_delay_s: float, max_queue: int) -> None:
         self.max_batch_size, self.max_delay_s, self.max_queue = max_batch_size, max_delay_s, max_queue
-        self.forward_passes = 0  # batches run so far, one per model present in a gathered batch
+        self.forward_passes = 0  # batches run so far: one per (model, tta) in each gathered batch
         self.images_done = 0
         self._queue: asyncio.Queue[_Item] = asyncio.Queue()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="inference")
@@ -93,7 +93,7 @@ class DynamicBatcher:
                 results = await loop.run_in_executor(self._executor, _forward_groups, batch)
             except Exception as exc:  # never let one bad batch stop the batcher
                 log.exception("batch of %d images failed", len(batch))
-                results = {key: [exc] * len(batch) for key in {id(item.model) for item in batch}}
+                results = {key: [exc] * len(batch) for key in {_key(item) for item in batch}}
             self._record(len(batch), loop.time() - started, len(results))
             _resolve(batch, results)
 
@@ -122,27 +122,33 @@ class DynamicBatcher:
 Result = np.ndarray | BaseException
 
 
-def _forward_groups(batch: list[_Item]) -> dict[int, list[Result]]:
-    """Runs in the inference thread: one forward pass per distinct model in the batch."""
-    groups: dict[int, list[_Item]] = defaultdict(list)
+GroupKey = tuple[int, bool]  # (id of the model, tta)
+
+
+def _key(item: _Item) -> GroupKey:
+    return id(item.model), item.tta
+
+
+def _forward_groups(batch: list[_Item]) -> dict[GroupKey, list[Result]]:
+    """Runs in the inference thread: one forward pass per (model, tta) present in the batch."""
+    groups: dict[GroupKey, list[_Item]] = defaultdict(list)
     for item in batch:
-        groups[id(item.model)].append(item)
-    results: dict[int, list[Result]] = {}
+        groups[_key(item)].append(item)
+    results: dict[GroupKey, list[Result]] = {}
     for key, items in groups.items():
         images = np.stack([item.image for item in items])
-        tta = np.array([item.tta for item in items])
         try:
-            results[key] = list(predict_proba(items[0].model, images, tta))
+            results[key] = list(predict_proba(items[0].model, images, items[0].tta))
         except Exception as exc:  # a failed batch fails its requests, never the batcher
             log.exception("inference failed for model %s", items[0].model.info.id)
             results[key] = [exc] * len(items)
     return results
 
 
-def _resolve(batch: list[_Item], results: dict[int, list[Result]]) -> None:
+def _resolve(batch: list[_Item], results: dict[GroupKey, list[Result]]) -> None:
     cursors = {key: iter(values) for key, values in results.items()}
     for item in batch:
-        result = next(cursors[id(item.model)])
+        result = next(cursors[_key(item)])
         if item.future.done():  # the client went away meanwhile
             continue
         if isinstance(result, BaseException):

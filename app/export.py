@@ -1,8 +1,9 @@
 """A registered checkpoint as a portable file: ONNX, TorchScript, or a plain state_dict.
 
-ONNX and TorchScript files take float32 RGB images N x 3 x 32 x 32 scaled to 0..1 and return
-logits: the normalisation the model was trained with is inside the graph, and the class names,
-mean and std travel in the file's metadata. The state_dict file is what `build_model` loads.
+ONNX and TorchScript files take uint8 RGB images N x 3 x 32 x 32 (0..255) and return logits:
+the trainer's own normalisation (`ml.augment.normalize`) is inside the graph, and the class
+names, mean and std travel in the file's metadata. The state_dict file is what `build_model`
+loads (with the metadata beside it).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from ml.augment import normalize
 from ml.checkpoint import load_for_inference
 
 ExportFormat = Literal["onnx", "torchscript", "state_dict"]
@@ -32,22 +34,20 @@ class ExportUnavailable(RuntimeError):
 
 
 class Normalized(nn.Module):
-    """The model with its input normalisation, so an exported file needs no side information."""
+    """The model behind its input normalisation, so an exported file needs no side information."""
 
     def __init__(self, model: nn.Module, mean: list[float], std: list[float]) -> None:
         super().__init__()
-        self.model = model
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
+        self.model, self.mean, self.std = model, tuple(mean), tuple(std)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model((images - self.mean) / self.std)
+        return self.model(normalize(images, self.mean, self.std))
 
 
 def export_model(checkpoint: Path, fmt: ExportFormat, out: io.BufferedIOBase | io.BytesIO) -> None:
     """Write the checkpoint's model in `fmt` to `out` (CPU, fp32)."""
     model, meta = load_for_inference(checkpoint, "cpu")
-    model = model.float().eval()
+    model = model.float().to(memory_format=torch.contiguous_format).eval()
     if fmt == "state_dict":
         torch.save({"state_dict": model.state_dict(), "metadata": _plain_metadata(meta)}, out)
     elif fmt == "torchscript":
@@ -62,7 +62,7 @@ def _plain_metadata(meta: dict[str, Any]) -> dict[str, Any]:
 
 
 def _example() -> torch.Tensor:
-    return torch.rand(2, 3, 32, 32)
+    return torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
 
 
 def _torchscript(model: nn.Module, meta: dict[str, Any], out: io.BufferedIOBase | io.BytesIO) -> None:

@@ -1,6 +1,8 @@
-"""A checkpoint made servable: loaded, normalised exactly as the trainer evaluated, run batched.
+"""A checkpoint made servable: loaded, then run batched through the trainer's own forward pass.
 
-Everything here runs in worker threads, never on the event loop.
+`ml.evaluate.predict_logits` normalises and applies TTA exactly as validation and test accuracy
+were computed, so a served prediction is the evaluated model's. Everything here runs in worker
+threads, never on the event loop.
 """
 
 from __future__ import annotations
@@ -14,6 +16,9 @@ from torch import nn
 
 from app.registry import ModelInfo
 from ml.checkpoint import load_for_inference
+from ml.config import TrainConfig
+from ml.environment import select_runtime
+from ml.evaluate import predict_logits
 
 
 @dataclass(frozen=True)
@@ -21,68 +26,44 @@ class LoadedModel:
     info: ModelInfo
     module: nn.Module
     classes: tuple[str, ...]
-    mean: torch.Tensor  # 1x3x1x1, on device
-    std: torch.Tensor
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
     device: torch.device
-    autocast_dtype: torch.dtype | None  # bf16 where the hardware makes it faster, else None (fp32)
+    precision: str  # "bf16" where the hardware makes it faster (CUDA, AMX), else "fp32"
 
 
 def pick_device() -> torch.device:
     return torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
 
 
-def autocast_dtype(device: torch.device) -> torch.dtype | None:
-    """bf16 only where it is faster than fp32: CUDA, and CPUs with AMX tiles (not AVX2/AVX-512 only)."""
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if torch.cpu._is_amx_tile_supported() else None
-
-
 def load_model(
     info: ModelInfo, artifacts_dir: Path, device: torch.device, warmup_sizes: tuple[int, ...]
 ) -> LoadedModel:
     module, meta = load_for_inference(artifacts_dir / info.path, device)
-    module = module.to(device=device, memory_format=torch.channels_last).eval()
     model = LoadedModel(
         info=info,
-        module=module,
+        module=module.to(memory_format=torch.channels_last),
         classes=tuple(meta["classes"]),
-        mean=_channel_tensor(meta["mean"], device),
-        std=_channel_tensor(meta["std"], device),
+        mean=tuple(meta["mean"]),
+        std=tuple(meta["std"]),
         device=device,
-        autocast_dtype=autocast_dtype(device),
+        precision=_precision(meta["config"], device),
     )
-    for size in warmup_sizes:  # first calls per shape pick kernels; pay that here, not in a request
-        predict_proba(model, np.zeros((size, 32, 32, 3), np.uint8), np.zeros(size, bool))
+    for size in warmup_sizes:  # the first call per shape picks kernels: pay that here, not in a request
+        predict_proba(model, np.zeros((size, 32, 32, 3), np.uint8), tta=False)
     return model
 
 
-def _channel_tensor(values: list[float] | tuple[float, ...], device: torch.device) -> torch.Tensor:
-    return torch.tensor(values, dtype=torch.float32, device=device).view(1, 3, 1, 1)
-
-
-def preprocess(images: np.ndarray, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """uint8 N x H x W x 3 -> normalised float N x 3 x H x W (channels_last), as in evaluation."""
-    x = torch.from_numpy(images).to(mean.device, non_blocking=True).permute(0, 3, 1, 2).float()
-    return ((x / 255.0 - mean) / std).contiguous(memory_format=torch.channels_last)
+def _precision(config: dict, device: torch.device) -> str:
+    # The trainer's rule (its "auto" means bf16 only where bf16 is fast), for one device.
+    cfg = TrainConfig.model_validate(config).model_copy(update={"parallel": "none"})
+    return select_runtime(cfg, [device.index or 0] if device.type == "cuda" else []).precision
 
 
 @torch.inference_mode()
-def predict_proba(model: LoadedModel, images: np.ndarray, tta: np.ndarray) -> np.ndarray:
-    """Class probabilities N x C; rows with tta[i] average the image's and its mirror's softmax."""
-    x = preprocess(images, model.mean, model.std)
-    flipped = torch.from_numpy(np.flatnonzero(tta)).to(model.device)
-    if len(flipped):
-        x = torch.cat([x, x[flipped].flip(3)])  # one forward pass for originals and mirrors
-    with torch.autocast(
-        model.device.type,
-        dtype=model.autocast_dtype or torch.float32,
-        enabled=model.autocast_dtype is not None,
-    ):
-        logits = model.module(x)
-    probs = torch.softmax(logits.float(), dim=1)
-    n = len(images)
-    out = probs[:n].clone()
-    if len(flipped):
-        out[flipped] = (probs[flipped] + probs[n:]) / 2
-    return out.cpu().numpy()
+def predict_proba(model: LoadedModel, images: np.ndarray, tta: bool) -> np.ndarray:
+    """Class probabilities N x C of uint8 images N x 32 x 32 x 3 (RGB)."""
+    # NHWC -> NCHW as a view: the memory already is channels_last, so no copy is made.
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).to(model.device)
+    logits = predict_logits(model.module, x, model.mean, model.std, tta, True, model.precision)
+    return torch.softmax(logits, dim=1).cpu().numpy()

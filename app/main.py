@@ -3,18 +3,21 @@ nothing touches the database before the lifespan starts."""
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
 from app import db
+from app.auth import protected
+from app.logs import install_request_ids
+from app.metrics import install_metrics
+from app.metrics import router as metrics_router
 from app.predictor import Predictor
 from app.problems import install_problem_handlers
+from app.routes import health, jobs, models, predict
+from app.routes.dashboard import install_dashboard
 from app.settings import Settings, get_settings
-
-ROUTE_MODULES = ("health", "jobs", "models", "predict")
 
 
 @asynccontextmanager
@@ -36,12 +39,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="sweepserve", version="1", lifespan=lifespan)
     app.state.settings = settings or get_settings()
     install_problem_handlers(app)
-    for name in ROUTE_MODULES:
-        try:
-            module = importlib.import_module(f"app.routes.{name}")
-        except ModuleNotFoundError as exc:  # TEMPORARY: models/predict are being written
-            if exc.name != f"app.routes.{name}":
-                raise
-            continue
-        app.include_router(module.router)
+    app.include_router(health.router)  # probes stay open when an API key is set
+    for router in (jobs.router, models.router, predict.router, metrics_router):
+        app.include_router(router, **protected())
+    install_dashboard(app)  # pages and static files public; its JSON route protected
+    install_metrics(app)
+    install_request_ids(app)  # after install_metrics: the outermost wrapper, so metrics lines carry the id
     return app

@@ -76,7 +76,7 @@ class Predictor:
             "loaded": self._active is not None,
             "cached_model_ids": list(self._cache),
             "device": str(self._device),
-            "precision": _precision(self._active),
+            "precision": self._active.precision if self._active else None,
             "pending_images": self._batcher.pending,
             "forward_passes": self._batcher.forward_passes,
             "images_predicted": self._batcher.images_done,
@@ -189,12 +189,6 @@ class Predictor:
                 break
             if model_id not in keep:
                 del self._cache[model_id]  # in-flight requests still hold their reference
-
-
-def _precision(model: LoadedModel | None) -> str | None:
-    if model is None:
-        return None
-    return str(model.autocast_dtype).removeprefix("torch.") if model.autocast_dtype else "float32"
 
 
 def _prediction(probs: np.ndarray, classes: tuple[str, ...]) -> dict[str, Any]:

@@ -290,18 +290,30 @@ def record_epochs(session: Session, claim: Claim, history: Sequence[Mapping[str,
     """Store the epochs of `history` that the database lacks and the trial's running summary;
     returns whether a cancel was requested. Used after every epoch and on resume, so an epoch
     checkpointed but not yet recorded when a worker died is recorded by the next attempt."""
-    summary: dict[str, Any] = {"lease_expires_at": db_time(session.get_bind()) + claim.lease_seconds}  # type: ignore[arg-type]
+    lease = db_time(session.get_bind()) + claim.lease_seconds  # type: ignore[arg-type]  # an epoch proves life
+    row = _write_history(session, claim, history, (Trial.cancel_requested,), lease_expires_at=lease)
+    return bool(row.cancel_requested)
+
+
+def _write_history(
+    session: Session,
+    claim: Claim,
+    history: Sequence[Mapping[str, Any]],
+    returning: tuple[Any, ...],
+    **values: Any,
+) -> Any:
+    """One guarded UPDATE of the trial's summary (plus `values`), then the epoch rows it lacks."""
     if history:
         best = max(history, key=lambda m: m["val_accuracy"])  # first maximum, like the trainer's best.pt
-        summary |= {
+        values |= {
             "epoch": len(history),  # completed epochs, whatever the trainer's numbering
             "train_loss": history[-1]["train_loss"],
             "val_accuracy": best["val_accuracy"],
             "best_epoch": best["epoch"],
         }
-    row = _write_back(session, claim, (Trial.cancel_requested,), **summary)
+    row = _write_back(session, claim, returning, **values)
     _insert_missing_epochs(session, claim, history)
-    return bool(row.cancel_requested)
+    return row
 
 
 def _insert_missing_epochs(session: Session, claim: Claim, history: Sequence[Mapping[str, Any]]) -> None:
@@ -323,10 +335,10 @@ def finish_trial(session: Session, claim: Claim, outcome: Outcome) -> None:
         )
     if outcome.status == "succeeded" and outcome.model_path is None:
         raise ValueError(f"trial {claim.trial_id} succeeded without a best checkpoint to register")
-    record_epochs(session, claim, outcome.history)
-    row = _write_back(
+    row = _write_history(
         session,
         claim,
+        outcome.history,
         (Trial.best_epoch, Trial.val_accuracy),
         status=outcome.status,
         test_accuracy=outcome.test_accuracy,

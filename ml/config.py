@@ -144,7 +144,8 @@ class EarlyStoppingSpec(Strict):
 class JobSpec(Strict):
     """The body of POST /jobs, normalised. Stored as is and handed to the trainer unchanged."""
 
-    name: Annotated[str, Field(min_length=1, max_length=200)] = "sweep"
+    # No control characters: PostgreSQL text cannot hold NUL, and a name is shown in logs and UIs.
+    name: Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]*$")] = "sweep"
     search: SearchSpec = SearchSpec()
     train: TrainConfig = TrainConfig()
     data: DataConfig = DataConfig()

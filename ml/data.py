@@ -93,7 +93,9 @@ def load_dataset(name: str, data_dir: Path, download: bool) -> Dataset:
         decoded = _decode(kind, path)
     except sources.SourceError as exc:
         raise DataError(f"{exc} (in {data_dir}; accepted forms: {FORMS_ACCEPTED})") from exc
-    dataset = Dataset(decoded.train_x, decoded.train_y, decoded.test_x, decoded.test_y, decoded.classes, str(path))
+    dataset = Dataset(
+        decoded.train_x, decoded.train_y, decoded.test_x, decoded.test_y, decoded.classes, str(path)
+    )
     _write_cache(data_dir, key, dataset)
     return dataset
 

@@ -13,7 +13,7 @@ import tarfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -47,7 +47,7 @@ class _BatchUnpickler(pickle.Unpickler):
     """Unpickles only what CIFAR batches hold (dicts, lists, numpy arrays): a batch file is data,
     and an unrestricted pickle.load would run whatever code a tampered file names."""
 
-    _ALLOWED = {
+    _ALLOWED: ClassVar[set[tuple[str, str]]] = {
         ("numpy", "ndarray"),
         ("numpy", "dtype"),
         ("numpy.core.multiarray", "_reconstruct"),
@@ -137,7 +137,9 @@ def image_folder_files(root: Path) -> list[Path]:
 
 def read_image_folder(root: Path) -> Decoded:
     """`root/{train,test}/<class>/<image>`; classes are the sorted train folder names."""
-    images = ((split, p.parent.name, decode_image(p, str(p))) for split in SPLITS for p in _split_files(root, split))
+    images = (
+        (split, p.parent.name, decode_image(p, str(p))) for split in SPLITS for p in _split_files(root, split)
+    )
     return _assemble(images, root)
 
 
@@ -151,7 +153,12 @@ def _tar_images(archive: Path) -> Iterator[tuple[str, str, np.ndarray]]:
         with tarfile.open(archive, mode="r|gz") as tar:  # streamed: one pass over the archive
             for member in tar:
                 parts = PurePosixPath(member.name).parts
-                if not member.isfile() or len(parts) < 3 or parts[-3] not in SPLITS or not _is_image(parts[-1]):
+                if (
+                    not member.isfile()
+                    or len(parts) < 3
+                    or parts[-3] not in SPLITS
+                    or not _is_image(parts[-1])
+                ):
                     continue
                 f = tar.extractfile(member)
                 if f is None:

@@ -42,7 +42,9 @@ def _class_image(label: int, num_classes: int, rng: np.random.Generator) -> np.n
     return np.clip(rgb + stripes + brightness + noise, 0, 255).astype(np.uint8)
 
 
-def make_dataset(n_train_per_class: int, n_test_per_class: int, seed: int = 0, num_classes: int = 10) -> Dataset:
+def make_dataset(
+    n_train_per_class: int, n_test_per_class: int, seed: int = 0, num_classes: int = 10
+) -> Dataset:
     train_x, train_y = make_arrays(n_train_per_class, seed, num_classes)
     test_x, test_y = make_arrays(n_test_per_class, seed + 1_000_003, num_classes)
     return Dataset(train_x, train_y, test_x, test_y, list(CLASSES[:num_classes]), source="synthetic")

@@ -29,13 +29,15 @@ from app.schemas.jobs import (
 )
 from ml.config import JobSpec
 
-INT64_MAX = 2**63 - 1  # ids are BIGINT-safe; larger path ids are a 422, not a database overflow
+# Ids are INTEGER columns (int4 on PostgreSQL): a larger id is a 422, not a database overflow.
+MAX_ID = 2**31 - 1
+INT64_MAX = MAX_ID  # TEMPORARY old name, still imported by routes/models.py and routes/predict.py
 CURSOR_PREFIX = b"jobs:"
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
-JobId = Annotated[int, PathParam(ge=1, le=INT64_MAX)]
-TrialId = Annotated[int, PathParam(ge=1, le=INT64_MAX)]
+JobId = Annotated[int, PathParam(ge=1, le=MAX_ID)]
+TrialId = Annotated[int, PathParam(ge=1, le=MAX_ID)]
 
 
 def encode_cursor(last_id: int) -> str:
@@ -45,7 +47,7 @@ def encode_cursor(last_id: int) -> str:
 def decode_cursor(cursor: str) -> int:
     """The last id of the previous page. ValueError (a 422 naming `cursor`) for anything we did not issue."""
     last_id = _cursor_id(cursor) if len(cursor) <= 64 else None
-    if last_id is None or not 1 <= last_id <= INT64_MAX:
+    if last_id is None or not 1 <= last_id <= MAX_ID:
         raise ValueError("not a cursor from GET /jobs; pass next_cursor back unchanged")
     return last_id
 

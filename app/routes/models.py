@@ -10,17 +10,16 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse
-from sqlalchemy.orm import Session
 from starlette.background import BackgroundTask
 
 from app.deps import PredictorDep, SessionDep, SettingsDep
-from app.export import MEDIA_TYPES, SUFFIXES, ExportUnavailable, export_model
+from app.export import MEDIA_TYPES, SUFFIXES, ExportFormat, ExportUnavailable, export_model
 from app.models import RegisteredModel
 from app.problems import Problem
 from app.registry import active_model, get_model, list_models, promote_model
 from app.routes.jobs import INT64_MAX
 from app.schemas import problem_responses
-from app.schemas.models import ExportFormat, ModelList, ModelOut
+from app.schemas.models import ModelList, ModelOut
 
 router = APIRouter(prefix="/models", tags=["models"])
 
@@ -44,7 +43,9 @@ def read_model(model_id: ModelId, session: SessionDep) -> ModelOut:
     responses=problem_responses(404, 409, 422),
     summary="Make this model the one /predict serves; it switches without a restart",
 )
-def promote(model_id: ModelId, session: SessionDep, settings: SettingsDep, predictor: PredictorDep) -> ModelOut:
+def promote(
+    model_id: ModelId, session: SessionDep, settings: SettingsDep, predictor: PredictorDep
+) -> ModelOut:
     with session.begin():
         promote_model(session, model_id, settings.artifacts_dir)
     predictor.request_reload()
@@ -64,7 +65,7 @@ def export(
     model_id: ModelId,
     session: SessionDep,
     settings: SettingsDep,
-    format: Annotated[ExportFormat, Query(description="file format")] = "onnx",  # noqa: A002
+    format: Annotated[ExportFormat, Query(description="file format")] = "onnx",
 ) -> FileResponse:
     row = get_model(session, model_id)
     checkpoint = settings.artifacts_dir / row.path
@@ -80,6 +81,7 @@ def export(
 
 
 def _export_to_temp(checkpoint: Path, fmt: ExportFormat) -> Path:
+    # A temp file, not memory: the response streams it and the background task deletes it.
     fd, name = tempfile.mkstemp(prefix="sweepserve-export-", suffix=SUFFIXES[fmt])
     try:
         with os.fdopen(fd, "wb") as out:
@@ -94,10 +96,5 @@ def _export_to_temp(checkpoint: Path, fmt: ExportFormat) -> Path:
 
 
 def _model_out(row: RegisteredModel, active: RegisteredModel | None) -> ModelOut:
-    return ModelOut.model_validate(
-        {**{c: getattr(row, c) for c in ModelOut.model_fields if c != "active"}, "active": row == active}
-    )
-
-
-def _session_type_hint(session: Session) -> None:  # pragma: no cover
-    del session
+    columns = {name: getattr(row, name) for name in ModelOut.model_fields if name != "active"}
+    return ModelOut.model_validate({**columns, "active": active is not None and row.id == active.id})

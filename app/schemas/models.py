@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.schemas.jobs import Fraction, UtcDatetime
-
-ExportFormat = Literal["onnx", "torchscript", "state_dict"]
 
 
 class ModelOut(BaseModel):

@@ -1,4 +1,4 @@
-"""The app built on a temporary SQLite file and on a private PostgreSQL database (every API test runs on both).
+"""The app on a temporary SQLite file and on a private PostgreSQL database: every API test runs on both.
 
 PostgreSQL gets a database of its own per test session, created from the `postgres` database and
 dropped at the end, so engineers and CI runs sharing the server never see each other's rows.

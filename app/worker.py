@@ -1,0 +1,369 @@
+"""The worker: claim a trial, train it with `ml.train.run_trial`, write the results back; repeat.
+
+A claim is one attempt, held under a lease that a background thread renews. Write-backs go
+through app.queue's guarded statements, so an attempt whose lease was taken over (the worker
+was paused, or the database was unreachable for too long) gets `LeaseLost`, stops training
+and writes nothing more; the attempt that took over resumes from the trial's last.pt.
+
+On SIGTERM/SIGINT the worker stops training at once and writes nothing: the lease runs out and
+another worker resumes the trial from its last checkpoint. Database errors (a PostgreSQL
+restart) are retried with exponential backoff; the trial being trained is not given up.
+
+Run with `python -m app.worker [--gpus 0,1] [--max-trials N]`; settings come from SWEEPSERVE_*.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import logging
+import os
+import signal
+import socket
+import threading
+import traceback
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sqlalchemy import Engine
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.db import make_engine, session_factory, transaction, upgrade_to_head
+from app.logs import configure_logging, log_context
+from app.queue import (
+    Claim,
+    LeaseLost,
+    Outcome,
+    claim_trial,
+    fail_trial,
+    finish_trial,
+    heartbeat,
+    record_epochs,
+    register_worker,
+    touch_worker,
+    unregister_worker,
+)
+from app.settings import Settings, get_settings
+from ml.config import EarlyStoppingSpec, JobSpec, TrainConfig
+from ml.data import Dataset, load_dataset, make_splits
+from ml.train import Decision, EpochMetrics, TrialAborted, TrialHooks, TrialResult, run_trial
+
+log = logging.getLogger("sweepserve.worker")
+
+BACKOFF_FIRST_S = 0.5
+BACKOFF_CAP_S = 10.0
+DB_UNAVAILABLE = (OperationalError, InterfaceError)  # connection refused/dropped, SQLite busy past timeout
+MAX_ERROR_CHARS = 4000
+
+T = TypeVar("T")
+
+
+def trial_dir(artifacts_dir: Path, job_id: int, trial_id: int) -> Path:
+    """Where a trial's last.pt and best.pt live; every attempt of the trial uses the same one."""
+    return Path(artifacts_dir) / "jobs" / str(job_id) / "trials" / str(trial_id)
+
+
+def make_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+def decide(
+    session: Session, claim: Claim, rule: EarlyStoppingSpec, history: Sequence[EpochMetrics]
+) -> Decision:
+    """Whether a trial goes on after an epoch; the pruning rule (ASHA, median) plugs in here.
+
+    Runs inside the epoch's guarded transaction, so a rule can read the other trials' epochs
+    of `claim.job_id`. Until one is wired in, every trial runs all its epochs.
+    """
+    return Decision.CONTINUE
+
+
+def retry_db(action: Callable[[], T], what: str, stop: threading.Event) -> T:
+    """Run `action`, retrying while the database is unreachable (backoff capped at BACKOFF_CAP_S).
+
+    Gives up (re-raises) only once `stop` is set, so a worker told to exit is not held hostage.
+    """
+    delay = BACKOFF_FIRST_S
+    while True:
+        try:
+            return action()
+        except DB_UNAVAILABLE as exc:
+            if stop.is_set():
+                raise
+            log.warning("%s: database unavailable (%s); retrying in %.1f s", what, _first_line(exc), delay)
+            stop.wait(delay)
+            delay = min(delay * 2, BACKOFF_CAP_S)
+
+
+def describe_error(exc: BaseException) -> str:
+    """Exception type and message, plus where it was raised: what `trials.error` keeps."""
+    text = f"{type(exc).__name__}: {exc}"
+    frames = traceback.extract_tb(exc.__traceback__)
+    if frames:
+        text += f" (at {frames[-1].filename}:{frames[-1].lineno} in {frames[-1].name})"
+    return text[:MAX_ERROR_CHARS]
+
+
+@functools.lru_cache(maxsize=1)
+def _dataset(name: str, data_dir: Path, download: bool) -> Dataset:
+    # One decoded copy per process: trial after trial reuses it instead of reloading.
+    return load_dataset(name, data_dir, download)
+
+
+class LeaseKeeper(threading.Thread):
+    """Renews the current claim's lease and the worker's heartbeat every `interval` seconds."""
+
+    def __init__(self, engine: Engine, worker_id: str, interval: float) -> None:
+        super().__init__(name="lease-keeper", daemon=True)
+        self.engine, self.worker_id, self.interval = engine, worker_id, interval
+        self._watched: tuple[Claim, threading.Event] | None = None
+        self._halt = threading.Event()
+
+    def watch(self, claim: Claim) -> threading.Event:
+        """Keep `claim` alive; the event returned is set once its lease is found lost."""
+        lost = threading.Event()
+        self._watched = (claim, lost)  # one assignment: the thread sees the old pair or the new one
+        return lost
+
+    def unwatch(self) -> None:
+        self._watched = None
+
+    def run(self) -> None:
+        with log_context(worker_id=self.worker_id):
+            while not self._halt.wait(self.interval):
+                self.beat()
+
+    def beat(self) -> None:
+        watched = self._watched
+        try:
+            touch_worker(self.engine, self.worker_id)
+            if watched is not None and not heartbeat(self.engine, watched[0]):
+                claim, lost = watched
+                with log_context(job_id=claim.job_id, trial_id=claim.trial_id):
+                    log.warning("lease of attempt %d lost; stopping the trial", claim.attempt)
+                lost.set()
+        except DB_UNAVAILABLE as exc:
+            # The lease may run out meanwhile; the first renewal that reaches the database says so.
+            log.warning("heartbeat: database unavailable (%s)", _first_line(exc))
+
+    def halt(self) -> None:
+        self._halt.set()
+        self.join()
+
+
+class WorkerHooks(TrialHooks):
+    """The trainer's callbacks: every epoch becomes a guarded database write."""
+
+    def __init__(self, worker: Worker, claim: Claim, spec: JobSpec, lost: threading.Event) -> None:
+        self.worker, self.claim, self.spec, self.lost = worker, claim, spec, lost
+
+    def restored(self, history: list[EpochMetrics]) -> None:
+        self._write(lambda s: record_epochs(s, self.claim, [m.as_dict() for m in history]), "restore history")
+
+    def epoch_end(self, metrics: EpochMetrics, history: list[EpochMetrics]) -> Decision:
+        def write(session: Session) -> Decision:
+            if record_epochs(session, self.claim, [m.as_dict() for m in history]):
+                return Decision.CANCEL
+            return decide(session, self.claim, self.spec.early_stopping, history)
+
+        decision = self._write(write, f"epoch {metrics.epoch}")
+        log.info("epoch %d: val accuracy %.4f -> %s", metrics.epoch, metrics.val_accuracy, decision.value)
+        return decision
+
+    def should_stop(self) -> bool:
+        return self.lost.is_set() or self.worker.stop.is_set()
+
+    def _write(self, action: Callable[[Session], T], what: str) -> T:
+        try:
+            return self.worker.in_transaction(action, what)
+        except LeaseLost:
+            self.lost.set()
+            raise
+
+
+class Worker:
+    """One worker process's loop; `run_worker` is the entry point."""
+
+    def __init__(
+        self, settings: Settings, engine: Engine, gpus: list[int] | None, stop: threading.Event
+    ) -> None:
+        self.settings, self.engine, self.gpus, self.stop = settings, engine, gpus, stop
+        self.factory: sessionmaker[Session] = session_factory(engine)
+        self.id = make_worker_id()
+        self.keeper = LeaseKeeper(engine, self.id, settings.heartbeat_seconds)
+
+    def in_transaction(self, action: Callable[[Session], T], what: str) -> T:
+        def attempt() -> T:
+            with transaction(self.factory) as session:
+                return action(session)
+
+        return retry_db(attempt, what, self.stop)
+
+    def serve(self, max_trials: int | None) -> None:
+        with log_context(worker_id=self.id):
+            gpus = self.gpus
+            self.in_transaction(
+                lambda s: register_worker(s, self.id, socket.gethostname(), os.getpid(), gpus), "register"
+            )
+            self.keeper.start()
+            log.info("worker started (gpus: %s)", "auto" if gpus is None else gpus or "cpu")
+            try:
+                done = self._loop(max_trials)
+            finally:
+                self.keeper.halt()
+                self._unregister()
+            log.info("worker stopped after %d trial(s)", done)
+
+    def _loop(self, max_trials: int | None) -> int:
+        done = 0
+        while not self.stop.is_set() and (max_trials is None or done < max_trials):
+            claim = self.in_transaction(
+                lambda s: claim_trial(s, self.id, self.settings.lease_seconds), "claim"
+            )
+            if claim is None:
+                self.stop.wait(self.settings.poll_seconds)
+                continue
+            with log_context(job_id=claim.job_id, trial_id=claim.trial_id):
+                self.process(claim)
+            done += 1
+        return done
+
+    def process(self, claim: Claim) -> None:
+        log.info("claimed trial %d (index %d), attempt %d", claim.trial_id, claim.index, claim.attempt)
+        lost = self.keeper.watch(claim)
+        try:
+            write_back = self._train(claim, lost)
+            if write_back is not None:
+                self.in_transaction(write_back, "write back")
+        except LeaseLost as exc:
+            log.warning("writing nothing more: %s", exc)
+        finally:
+            self.keeper.unwatch()
+
+    def _train(self, claim: Claim, lost: threading.Event) -> Callable[[Session], object] | None:
+        """Train; returns the write-back to make, or None when this attempt must write nothing."""
+        try:
+            result = self._run_trial(claim, lost)
+        except (TrialAborted, LeaseLost) as exc:
+            why = "the worker is stopping" if self.stop.is_set() else "the lease was lost"
+            log.warning("trial stopped (%s) without writing back: %s", why, exc)
+            return None
+        except Exception as exc:
+            if self.stop.is_set() or lost.is_set():
+                log.warning("trial interrupted: %s", describe_error(exc))
+                return None
+            error = describe_error(exc)
+            log.exception("attempt %d failed", claim.attempt)
+
+            def record_failure(session: Session) -> None:
+                log.info("trial is now %s", fail_trial(session, claim, error))
+
+            return record_failure
+        log.info("trial %s (test accuracy %s)", result.status, result.test_accuracy)
+        return lambda session: finish_trial(session, claim, self._outcome(result))
+
+    def _run_trial(self, claim: Claim, lost: threading.Event) -> TrialResult:
+        spec = JobSpec.model_validate(claim.job_spec)
+        cfg = TrainConfig.model_validate(claim.config)
+        dataset = _dataset(spec.data.dataset, Path(self.settings.data_dir), self.settings.allow_download)
+        splits = make_splits(dataset, spec.data, seed=cfg.seed)
+        return run_trial(
+            cfg,
+            splits,
+            trial_dir(self.settings.artifacts_dir, claim.job_id, claim.trial_id),
+            WorkerHooks(self, claim, spec, lost),
+            device_ids=self.gpus,
+            metadata={"job_id": claim.job_id, "trial_id": claim.trial_id, "trial_index": claim.index},
+            allow_download=self.settings.allow_download,
+        )
+
+    def _outcome(self, result: TrialResult) -> Outcome:
+        model_path = None
+        if result.best_checkpoint is not None:
+            artifacts = Path(self.settings.artifacts_dir).resolve()
+            model_path = Path(result.best_checkpoint).resolve().relative_to(artifacts).as_posix()
+        return Outcome(
+            status=result.status,
+            history=[m.as_dict() for m in result.history],
+            test_accuracy=result.test_accuracy,
+            environment=result.environment,
+            model_path=model_path,
+        )
+
+    def _unregister(self) -> None:
+        try:
+            with transaction(self.factory) as session:
+                unregister_worker(session, self.id)
+        except DB_UNAVAILABLE as exc:
+            log.warning("could not remove worker row %s: %s", self.id, _first_line(exc))
+
+
+def run_worker(
+    settings: Settings,
+    gpus: list[int] | None = None,
+    stop: threading.Event | None = None,
+    max_trials: int | None = None,
+) -> None:
+    """Claim and train trials until `stop` is set, SIGTERM/SIGINT arrives or `max_trials` are done.
+
+    gpus: CUDA device ids for every trial; None = all visible (or the CPU), [] = the CPU.
+    """
+    stop = stop or threading.Event()
+    if settings.heartbeat_seconds >= settings.lease_seconds:
+        log.warning(
+            "heartbeat_seconds (%s) >= lease_seconds (%s): leases will expire between renewals",
+            settings.heartbeat_seconds,
+            settings.lease_seconds,
+        )
+    with _stop_on_signals(stop):
+        retry_db(lambda: upgrade_to_head(settings.database_url), "migrate", stop)
+        engine = make_engine(settings.database_url)
+        try:
+            Worker(settings, engine, gpus, stop).serve(max_trials)
+        finally:
+            engine.dispose()
+
+
+@contextmanager
+def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may install handlers; the caller owns `stop`
+        return
+
+    def handle(signum: int, _frame: Any) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def _gpu_list(text: str) -> list[int]:
+    return [int(part) for part in text.split(",") if part.strip()]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m app.worker", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--gpus", type=_gpu_list, default=None, help="CUDA ids, e.g. 0,1; '' = CPU; default all"
+    )
+    parser.add_argument("--max-trials", type=int, default=None, help="exit after this many trials")
+    args = parser.parse_args(argv)
+    settings = get_settings()
+    configure_logging(settings)
+    run_worker(settings, gpus=args.gpus, max_trials=args.max_trials)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,176 @@
+"""Where and how a trial runs: device(s), precision, determinism, seeds, and a record of it all."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import platform
+import random
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ml.config import TrainConfig
+
+REPO_DIR = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Runtime:
+    device: torch.device
+    device_ids: tuple[int, ...]  # CUDA devices used; () on the CPU
+    parallel: str  # "none" or "dataparallel"
+    precision: str  # "bf16" or "fp32": what autocast actually does
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
+
+
+def select_runtime(cfg: TrainConfig, device_ids: list[int] | None) -> Runtime:
+    """device_ids None = every visible CUDA device, or the CPU when there is none; [] = the CPU."""
+    if cfg.parallel == "ddp":
+        raise NotImplementedError(
+            "parallel='ddp' is not implemented yet; "
+            "use 'dataparallel' (or 'auto') for several GPUs in one process"
+        )
+    ids = _visible_cuda_devices() if device_ids is None else list(device_ids)
+    if ids and not torch.cuda.is_available():
+        raise ValueError(f"device_ids {ids} given but CUDA is not available")
+    if cfg.parallel == "none":
+        ids = ids[:1]
+    parallel = "dataparallel" if len(ids) > 1 else "none"
+    device = torch.device("cuda", ids[0]) if ids else torch.device("cpu")
+    return Runtime(device, tuple(ids), parallel, _precision(cfg.precision, device))
+
+
+def _visible_cuda_devices() -> list[int]:
+    return list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+
+
+def _precision(requested: str, device: torch.device) -> str:
+    if requested != "auto":
+        return requested
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if cpu_has_fast_bf16() else "fp32"
+
+
+@functools.cache
+def cpu_has_fast_bf16() -> bool:
+    """AMX or AVX512-BF16: without them CPU bf16 is emulated and slower than fp32."""
+    return bool({"amx_bf16", "avx512_bf16"} & set((_cpuinfo("flags") or "").split()))
+
+
+@functools.cache
+def _cpuinfo(field: str) -> str | None:
+    """A field of the first CPU in /proc/cpuinfo (Linux); None elsewhere."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.split(":", 1)[0].strip() == field:
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
+# --- reproducibility -----------------------------------------------------------------------------
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+@contextlib.contextmanager
+def determinism(enabled: bool, device: torch.device) -> Iterator[None]:
+    """Deterministic kernels for the trial only: the flags are process-wide and a worker runs many trials."""
+    saved = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.backends.cudnn.deterministic,
+        torch.backends.cudnn.benchmark,
+    )
+    if enabled and device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it to be deterministic
+    torch.use_deterministic_algorithms(enabled)
+    torch.backends.cudnn.deterministic = enabled
+    torch.backends.cudnn.benchmark = not enabled  # fixed shapes: autotuning pays off
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved[2], saved[3]
+
+
+def rng_state(generator: torch.Generator) -> dict[str, Any]:
+    """Every random stream a trial draws from, as checkpoint-safe values."""
+    np_state = np.random.get_state()
+    return {
+        "data_generator": generator.get_state(),
+        "torch_cpu": torch.get_rng_state(),
+        "torch_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "python": random.getstate(),
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+    }
+
+
+def restore_rng_state(state: dict[str, Any], generator: torch.Generator) -> None:
+    generator.set_state(state["data_generator"])
+    torch.set_rng_state(state["torch_cpu"])
+    if state["torch_cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["torch_cuda"])
+    random.setstate(state["python"])
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+
+
+# --- record --------------------------------------------------------------------------------------
+
+
+def describe(
+    runtime: Runtime, cfg: TrainConfig, compile_seconds: float | None, compiled: bool
+) -> dict[str, Any]:
+    """What a result was produced with; plain values only (it goes into checkpoints and the database)."""
+    return {
+        "torch": str(torch.__version__),  # a str subclass that weights_only loading rejects
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if runtime.device.type == "cuda" else None,
+        "python": platform.python_version(),
+        "device": device_name(runtime.device),
+        "device_type": runtime.device.type,
+        "device_ids": list(runtime.device_ids),
+        "parallel": runtime.parallel,
+        "precision": runtime.precision,
+        "channels_last": cfg.channels_last,
+        "compiled": compiled,
+        "compile_seconds": compile_seconds,
+        "deterministic": cfg.deterministic,
+        "threads": torch.get_num_threads(),
+        "git_sha": git_sha(),
+    }
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return _cpuinfo("model name") or platform.processor() or "cpu"
+
+
+@functools.cache
+def git_sha() -> str | None:
+    """The checkout's commit, or None outside a git checkout / without git."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=REPO_DIR, capture_output=True, text=True, timeout=5, check=True
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None

@@ -1,0 +1,59 @@
+"""Optimiser and per-step learning-rate schedule of a `TrainConfig`."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
+
+from ml.config import TrainConfig
+
+
+def build_optimizer(net: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    params = [p for p in net.parameters() if p.requires_grad]
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(
+        params,
+        lr=cfg.lr,
+        momentum=cfg.momentum,
+        nesterov=cfg.nesterov and cfg.momentum > 0,  # torch rejects Nesterov without momentum
+        weight_decay=cfg.weight_decay,
+    )
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int) -> LambdaLR:
+    """Stepped once per batch. A plain function as the lambda keeps the state dict free of code."""
+    total = cfg.epochs * steps_per_epoch
+    factor = lr_factor(cfg.schedule, round(cfg.warmup_fraction * total), total)
+    return LambdaLR(optimizer, factor)
+
+
+def lr_factor(schedule: str, warmup_steps: int, total_steps: int) -> Callable[[int], float]:
+    """Multiplier of the peak lr at step s (0-based) of `total_steps`.
+
+    onecycle: linear rise to the peak over the warm-up, then linear fall to ~0 at the last step.
+    cosine:   linear rise over the warm-up, then half a cosine down to ~0.
+    constant: the peak throughout (warm-up ignored).
+    """
+    if schedule == "constant":
+        return _constant
+    warmup = min(warmup_steps, total_steps - 1)
+    decay_steps = total_steps - warmup
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        done = min(step - warmup, decay_steps - 1) / decay_steps  # in [0, 1): never exactly zero
+        if schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * done))
+        return 1.0 - done
+
+    return factor
+
+
+def _constant(step: int) -> float:
+    return 1.0

@@ -1,0 +1,91 @@
+"""A trial's files: out_dir/last.pt after every epoch, out_dir/best.pt when validation improves.
+
+last.pt = best.pt's fields (model = the evaluated weights, metadata) plus what resuming needs:
+    train_model   the trained weights, when they differ from `model` (EMA on)
+    ema_updates   EMA update count (its decay warm-up depends on it)
+    optimizer, scheduler, rng (every random stream, see ml.environment.rng_state)
+    history       list of EpochMetrics as dicts
+last.pt is written before best.pt, so after a crash best.pt lags by at most that epoch, and
+`resume` rewrites it from last.pt.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Protocol, TypeVar
+
+from ml.checkpoint import inference_checkpoint, load_checkpoint, save_atomic
+from ml.data import MEAN, STD
+from ml.environment import restore_rng_state, rng_state
+from ml.setup import TrialSetup
+
+LAST = "last.pt"
+BEST = "best.pt"
+_TRAINING_KEYS = ("train_model", "ema_updates", "optimizer", "scheduler", "rng", "history")
+
+
+class Scored(Protocol):
+    epoch: int
+    val_accuracy: float
+
+
+ScoredT = TypeVar("ScoredT", bound=Scored)
+
+
+def best_epoch(history: list[ScoredT]) -> ScoredT | None:
+    """The epoch with the highest validation accuracy; the earliest on ties."""
+    return max(history, key=lambda m: (m.val_accuracy, -m.epoch), default=None)
+
+
+def save(setup: TrialSetup, out_dir: Path, history: list[Any], metadata: dict[str, Any]) -> None:
+    latest = history[-1]
+    plain = {**metadata, "seed": setup.cfg.seed, "epoch": latest.epoch, "val_accuracy": latest.val_accuracy}
+    best = inference_checkpoint(setup.eval_net.state_dict(), setup.cfg, setup.classes, MEAN, STD, **plain)
+    save_atomic({**best, **_training_state(setup), "history": [asdict(m) for m in history]}, out_dir / LAST)
+    if best_epoch(history) is latest:
+        save_atomic(best, out_dir / BEST)
+
+
+def _training_state(setup: TrialSetup) -> dict[str, Any]:
+    state: dict[str, Any] = {
+        "optimizer": setup.optimizer.state_dict(),
+        "scheduler": setup.scheduler.state_dict(),
+        "rng": rng_state(setup.generator),
+    }
+    if setup.ema is not None:
+        state["train_model"] = setup.net.state_dict()
+        state["ema_updates"] = setup.ema.updates
+    return state
+
+
+def resume(setup: TrialSetup, out_dir: Path) -> list[dict[str, Any]]:
+    """Restore every piece of training state from out_dir/last.pt; returns its history (empty if none)."""
+    path = out_dir / LAST
+    if not path.is_file():
+        return []
+    ckpt = load_checkpoint(path)
+    if ckpt["metadata"]["config"] != setup.cfg.model_dump(mode="json"):
+        raise ValueError(f"{path} was written for another config; remove {out_dir} to start the trial afresh")
+    setup.net.load_state_dict(ckpt.get("train_model", ckpt["model"]))
+    if setup.ema is not None:
+        setup.ema.load_state_dict({"module": ckpt["model"], "updates": ckpt["ema_updates"]})
+    setup.optimizer.load_state_dict(ckpt["optimizer"])
+    setup.scheduler.load_state_dict(ckpt["scheduler"])
+    restore_rng_state(ckpt["rng"], setup.generator)
+    _repair_best(out_dir, ckpt)
+    return list(ckpt["history"])
+
+
+def _repair_best(out_dir: Path, last: dict[str, Any]) -> None:
+    best = best_epoch([SimpleNamespace(**m) for m in last["history"]])
+    if best is None or best.epoch != last["metadata"]["epoch"]:
+        return
+    path = out_dir / BEST
+    if not path.is_file() or load_checkpoint(path)["metadata"].get("epoch") != best.epoch:
+        save_atomic({k: v for k, v in last.items() if k not in _TRAINING_KEYS}, path)
+
+
+def load_best_weights(setup: TrialSetup, path: Path) -> None:
+    setup.eval_net.load_state_dict(load_checkpoint(path)["model"])

@@ -1,0 +1,159 @@
+"""Database fixtures for tests of app/: every database test runs on SQLite and on PostgreSQL.
+
+SQLite gets a fresh file per test. PostgreSQL gets a database of its own per test session on
+127.0.0.1:5432 (created from `postgres`, migrated once, emptied before each test, dropped at the
+end), so engineers and CI runs sharing the server never see each other's rows. PostgreSQL tests
+are skipped only when the server is unreachable and CI is not set; under CI they fail instead.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, create_engine, text, update
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.db import db_time, make_engine, session_factory, transaction, upgrade_to_head
+from app.models import Base, Trial
+from app.queue import submit_job
+from app.settings import Settings
+from ml.config import JobSpec
+
+POSTGRES_URL = os.environ.get(
+    "SWEEPSERVE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
+BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+
+
+@contextmanager
+def fresh_postgres_database(prefix: str = "sweepserve_test") -> Iterator[str]:
+    """A new, empty database on the test server; dropped (connections and all) on exit."""
+    admin = create_engine(make_url(POSTGRES_URL).set(database="postgres"), isolation_level="AUTOCOMMIT")
+    name = f"{prefix}_{os.getpid()}_{secrets.token_hex(4)}"
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except OperationalError as exc:
+        admin.dispose()
+        if os.environ.get("CI"):
+            pytest.fail(f"PostgreSQL at {POSTGRES_URL} is not reachable and CI is set: {exc.orig}")
+        pytest.skip(
+            f"PostgreSQL at {POSTGRES_URL} is not reachable (set CI=1 to make this a failure): {exc.orig}"
+        )
+    try:
+        yield make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def postgres_session_url() -> Iterator[str]:
+    with fresh_postgres_database() as url:
+        upgrade_to_head(url)
+        yield url
+
+
+@pytest.fixture(params=BACKENDS)
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A migrated, empty database."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'sweepserve.db'}"
+        upgrade_to_head(url)
+        return url
+    url: str = request.getfixturevalue("postgres_session_url")
+    _empty_all_tables(url)
+    return url
+
+
+@pytest.fixture(params=BACKENDS)
+def empty_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A database that was never migrated (for migration tests)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'empty.db'}"
+        return
+    with fresh_postgres_database("sweepserve_migrate") as url:
+        yield url
+
+
+@pytest.fixture
+def engine(db_url: str) -> Iterator[Engine]:
+    engine = make_engine(db_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def factory(engine: Engine) -> sessionmaker[Session]:
+    return session_factory(engine)
+
+
+@pytest.fixture
+def submit(factory: sessionmaker[Session]) -> Callable[..., list[int]]:
+    """submit(n_trials, priority=0, max_attempts=3, **train) -> the job's trial ids in index order."""
+
+    def _submit(n_trials: int, priority: int = 0, max_attempts: int = 3, **train: Any) -> list[int]:
+        spec = JobSpec.model_validate(
+            {
+                "search": {"space": {"seed": list(range(n_trials))}},
+                "train": {"epochs": 3, **train},
+                "priority": priority,
+                "max_attempts": max_attempts,
+            }
+        )
+        with transaction(factory) as session:
+            job, _ = submit_job(session, spec)
+            return [trial.id for trial in job.trials]
+
+    return _submit
+
+
+@pytest.fixture
+def expire_lease(engine: Engine) -> Callable[[int], None]:
+    """expire_lease(trial_id): let a lease run out now instead of sleeping through it."""
+
+    def _expire(trial_id: int) -> None:
+        with engine.begin() as conn:
+            conn.execute(
+                update(Trial).where(Trial.id == trial_id).values(lease_expires_at=db_time(engine) - 1.0)
+            )
+
+    return _expire
+
+
+@pytest.fixture
+def worker_settings(db_url: str, tmp_path: Path) -> Callable[..., Settings]:
+    """worker_settings(**overrides): settings for a worker on this test's database and folders."""
+
+    def _settings(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "database_url": db_url,
+            "artifacts_dir": tmp_path / "artifacts",
+            "data_dir": tmp_path / "data",
+            "allow_download": False,
+            "lease_seconds": 5.0,
+            "heartbeat_seconds": 0.5,
+            "poll_seconds": 0.1,
+        }
+        return Settings(_env_file=None, **(values | overrides))  # type: ignore[call-arg]  # no developer .env
+
+    return _settings
+
+
+def _empty_all_tables(url: str) -> None:
+    engine = make_engine(url)
+    try:
+        with engine.begin() as conn:
+            names = ", ".join(f'"{table.name}"' for table in Base.metadata.sorted_tables)
+            conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
+    finally:
+        engine.dispose()

@@ -1,0 +1,233 @@
+"""The dashboard: its pages and history endpoint (SQLite and PostgreSQL), and a real headless Chromium
+drawing a finished sweep's curves (SQLite), which also refreshes docs/dashboard.png."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.main import create_app
+from app.settings import Settings
+from tests.live_server import serve
+from tests.serving import png_files, register_model
+from tests.sweep_rows import EPOCHS, Sweep, advance, start_trial, write_sweep
+
+CHROMIUM = "/usr/bin/chromium"
+SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "dashboard.png"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+sqlite_only = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+
+
+def make_settings(db_url: str, tmp_path: Path, **overrides: object) -> Settings:
+    values = {"database_url": db_url, "artifacts_dir": tmp_path / "artifacts", "allow_download": False}
+    return Settings(_env_file=None, **(values | overrides))  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def client(db_url: str, tmp_path: Path) -> Iterator[TestClient]:
+    with TestClient(create_app(make_settings(db_url, tmp_path))) as test_client:
+        yield test_client
+
+
+def sessions(client: TestClient) -> sessionmaker[Session]:
+    return client.app.state.session_factory  # type: ignore[attr-defined]
+
+
+# --- pages and the history endpoint (no browser) ---------------------------------------------
+
+
+def test_history_has_every_trial_with_its_epochs_in_order(client: TestClient) -> None:
+    sweep = write_sweep(sessions(client))
+    history = client.get(f"/jobs/{sweep.job_id}/history").json()
+    assert list(history) == [str(t) for t in sweep.trial_ids]
+    assert [row["epoch"] for row in history[str(sweep.pruned_trial_id)]] == [1, 2]
+    assert [row["epoch"] for row in history[str(sweep.best_trial_id)]] == list(range(1, EPOCHS + 1))
+    first = client.get(f"/jobs/{sweep.job_id}/trials/{sweep.best_trial_id}").json()["history"]
+    assert history[str(sweep.best_trial_id)] == first  # the same rows GET /jobs/{id}/trials/{id} gives
+
+
+def test_history_lists_queued_trials_empty_and_grows_with_epochs(client: TestClient) -> None:
+    job_id, (first, second) = start_trial(sessions(client))
+    assert client.get(f"/jobs/{job_id}/history").json() == {str(first): [], str(second): []}
+    advance(sessions(client), first, 1)
+    history = client.get(f"/jobs/{job_id}/history").json()
+    assert [len(history[str(first)]), len(history[str(second)])] == [1, 0]
+
+
+def test_history_of_an_unknown_job_is_a_404_problem(client: TestClient) -> None:
+    response = client.get("/jobs/999/history")
+    assert response.status_code == 404
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert "999" in response.json()["detail"]
+
+
+@pytest.mark.parametrize("path", ["/", "/ui/jobs/1", "/ui/predict"])
+def test_pages_are_html_with_a_same_origin_content_security_policy(client: TestClient, path: str) -> None:
+    response = client.get(path)
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/html")
+    assert "default-src 'self'" in response.headers["content-security-policy"]
+    assert '<script type="module"' in response.text
+
+
+def test_static_files_come_from_the_package_and_nothing_from_elsewhere(client: TestClient) -> None:
+    static = Path(__file__).resolve().parents[2] / "app" / "static"
+    for path in static.iterdir():
+        text = path.read_text()
+        assert "http://" not in text.replace("http://www.w3.org/2000/svg", "") and "https://" not in text, (
+            path
+        )
+        assert client.get(f"/static/{path.name}").status_code == 200
+
+
+# --- the browser -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    if not Path(CHROMIUM).exists() or importlib_missing("playwright"):
+        reason = f"needs {CHROMIUM} (apt-get install chromium) and playwright (pip install '.[browser]')"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
+
+
+def importlib_missing(name: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(name) is None
+
+
+def line_counts(page: object, chart: str) -> dict[str, int]:
+    return page.evaluate(  # type: ignore[attr-defined]
+        """(chart) => {
+            const lines = [...document.querySelectorAll(`#${chart} path.trial-line`)];
+            return {
+                total: lines.length,
+                distinct: new Set(lines.map((l) => l.dataset.trialId)).size,
+                pruned: lines.filter((l) => l.classList.contains("pruned")).length,
+                best: lines.filter((l) => l.classList.contains("best")).length,
+                drawn: lines.filter((l) => l.getTotalLength() > 0).length,
+            };
+        }""",
+        chart,
+    )
+
+
+@pytest.mark.slow
+@sqlite_only
+def test_job_page_draws_one_curve_per_trial_in_each_chart(
+    browser: object, db_url: str, tmp_path: Path
+) -> None:
+    app = create_app(make_settings(db_url, tmp_path))
+    with serve(app) as url:
+        sweep = write_sweep(app.state.session_factory, n_trials=6)
+        page = browser.new_page(viewport={"width": 1280, "height": 1100})  # type: ignore[attr-defined]
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+        page.goto(f"{url}/ui/jobs/{sweep.job_id}")
+        page.wait_for_selector("#chart-loss path.trial-line")
+
+        for chart in ("chart-val", "chart-loss"):
+            counts = line_counts(page, chart)
+            assert counts == {"total": 6, "distinct": 6, "pruned": 1, "best": 1, "drawn": 6}, chart
+        pruned_style = page.eval_on_selector(
+            f'#chart-val path[data-trial-id="{sweep.pruned_trial_id}"]',
+            "(el) => getComputedStyle(el).strokeDasharray",
+        )
+        assert pruned_style not in ("", "none")  # dashed: pruned trials look different
+        assert page.get_attribute(f'#chart-val path[data-trial-id="{sweep.best_trial_id}"]', "class") == (
+            "trial-line best"
+        )
+        assert_trial_table(page, sweep)
+        assert page.is_hidden("#cancel")  # a finished job cannot be cancelled
+        SCREENSHOT.parent.mkdir(exist_ok=True)
+        page.screenshot(path=str(SCREENSHOT), full_page=True)
+        assert errors == []
+        page.close()
+    assert SCREENSHOT.stat().st_size > 10_000
+
+
+def assert_trial_table(page: object, sweep: Sweep) -> None:
+    def accuracies() -> list[float]:
+        cells = page.locator("#trials tbody tr td:nth-child(6)").all_inner_texts()  # type: ignore[attr-defined]
+        return [float(c.rstrip(" %")) for c in cells]
+
+    assert accuracies() == sorted(accuracies(), reverse=True)  # by accuracy, best first
+    assert page.get_attribute("#trials tbody tr.best", "data-trial-id") == str(sweep.best_trial_id)  # type: ignore[attr-defined]
+    page.click('#trials th[data-key="val_accuracy"]')  # type: ignore[attr-defined]
+    assert accuracies() == sorted(accuracies())
+
+
+@pytest.mark.slow
+@sqlite_only
+def test_live_job_updates_and_cancels_from_the_browser(browser: object, db_url: str, tmp_path: Path) -> None:
+    app = create_app(make_settings(db_url, tmp_path, api_key="s3cret"))
+    with serve(app) as url:
+        factory = app.state.session_factory
+        job_id, (first, _second) = start_trial(factory, epochs=3)
+        page = browser.new_page()  # type: ignore[attr-defined]
+        page.goto(f"{url}/ui/jobs/{job_id}")
+        page.fill("#key-dialog input", "s3cret")  # asked once, on the first 401
+        page.click("#key-dialog button[type=submit]")
+        page.wait_for_selector("#job-status.status-queued")
+        advance(factory, first, 1)
+        page.wait_for_selector("#chart-val path.trial-line", timeout=10_000)  # picked up by polling
+        assert page.inner_text("#job-status") == "running"
+        page.on("dialog", lambda dialog: dialog.accept())  # the "cancel this job?" confirmation
+        page.click("#cancel")
+        page.wait_for_selector("#job-status.status-cancelled")
+        assert page.evaluate("sessionStorage.getItem('sweepserve.apiKey')") == "s3cret"
+        page.close()
+
+
+@pytest.mark.slow
+@sqlite_only
+def test_predict_page_shows_class_probabilities_of_a_chosen_image(
+    browser: object, db_url: str, tmp_path: Path
+) -> None:
+    app = create_app(make_settings(db_url, tmp_path, model_poll_seconds=0.1))
+    with serve(app) as url:
+        model_id = register_model(app.state.session_factory, tmp_path / "artifacts", val_accuracy=0.9)
+        wait_until(lambda: app.state.predictor.status()["model_id"] == model_id)
+        image = tmp_path / "cat.png"
+        image.write_bytes(png_files(1)[0])
+        page = browser.new_page()  # type: ignore[attr-defined]
+        page.goto(f"{url}/ui/predict")
+        page.set_input_files("#files", str(image))
+        page.wait_for_selector(".prediction .bar-row", timeout=30_000)
+        assert page.locator(".prediction .bar-row").count() == 10  # one bar per class
+        assert f"model {model_id}" in page.inner_text("#model")
+        total = sum(
+            float(t.rstrip(" %")) for t in page.locator(".prediction .bar-row .num").all_inner_texts()
+        )
+        assert total == pytest.approx(100, abs=0.1)
+        page.close()

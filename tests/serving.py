@@ -1,0 +1,106 @@
+"""Servable checkpoints, their `models` rows and image files, for the predictor and API tests.
+
+Checkpoints are real: `ml.models.build_model` + `ml.checkpoint.inference_checkpoint`, written
+with `save_atomic`, exactly what `load_for_inference` reads. They use torchvision's ImageNet
+stem, the fastest ResNet-18 on a CPU; different seeds give models whose answers differ.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.db import transaction
+from app.models import RegisteredModel
+from app.queue import submit_job
+from ml.checkpoint import inference_checkpoint, save_atomic
+from ml.config import JobSpec, TrainConfig
+from ml.models import build_model
+from tests.synthetic import CLASSES, make_arrays
+
+SERVING_CONFIG = TrainConfig(arch="resnet18_imagenet", epochs=1)
+
+
+def write_checkpoint(path: Path, seed: int, cfg: TrainConfig = SERVING_CONFIG) -> Path:
+    torch.manual_seed(seed)
+    net = build_model(cfg, num_classes=len(CLASSES), allow_download=False)
+    for module in net.modules():  # non-trivial running stats, so batch norm is not the identity
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.1, 0.1)
+            module.running_var.uniform_(0.5, 1.5)
+    save_atomic(inference_checkpoint(net.state_dict(), cfg, CLASSES), path)
+    return path
+
+
+def register_model(
+    factory: sessionmaker[Session],
+    artifacts_dir: Path,
+    val_accuracy: float,
+    seed: int = 0,
+    test_accuracy: float | None = None,
+    corrupt: bool = False,
+) -> int:
+    """A finished one-trial job whose best checkpoint is registered, as the worker leaves it
+    (with `corrupt`, a checkpoint file that cannot be loaded)."""
+    with transaction(factory) as session:
+        job, _ = submit_job(session, JobSpec(name=f"model seed {seed}", train=SERVING_CONFIG))
+        trial = job.trials[0]
+        job.status, trial.status, trial.epoch, trial.val_accuracy = "succeeded", "succeeded", 1, val_accuracy
+        relative = f"jobs/{job.id}/trials/{trial.id}/best.pt"
+        if corrupt:
+            (artifacts_dir / relative).parent.mkdir(parents=True)
+            (artifacts_dir / relative).write_bytes(b"not a checkpoint")
+        else:
+            write_checkpoint(artifacts_dir / relative, seed)
+        row = RegisteredModel(
+            job_id=job.id,
+            trial_id=trial.id,
+            arch=SERVING_CONFIG.arch,
+            epoch=1,
+            val_accuracy=val_accuracy,
+            test_accuracy=test_accuracy,
+            path=relative,
+        )
+        session.add(row)
+        session.flush()
+        return row.id
+
+
+def encode(pixels: np.ndarray, fmt: str = "PNG", mode: str | None = None) -> bytes:
+    image = Image.fromarray(pixels)
+    buffer = io.BytesIO()
+    (image.convert(mode) if mode else image).save(buffer, fmt)
+    return buffer.getvalue()
+
+
+def synthetic_pixels(n: int, seed: int = 0) -> np.ndarray:
+    """n CIFAR-shaped uint8 images (N x 32 x 32 x 3) across the classes."""
+    images, _ = make_arrays(-(-n // len(CLASSES)), seed)
+    return images[np.random.default_rng(seed).permutation(len(images))[:n]]
+
+
+def png_files(n: int, seed: int = 0) -> list[bytes]:
+    return [encode(p) for p in synthetic_pixels(n, seed)]
+
+
+def as_base64(blob: bytes) -> str:
+    return base64.b64encode(blob).decode()
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """A tiny, valid-looking PNG whose header claims width x height (a decompression bomb)."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    idat = zlib.compress(b"\x00" * 64)
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from app.inference import LoadedModel, predict_proba
+from app.metrics import observe_batch
 
 log = logging.getLogger("sweepserve.predictor")
 
@@ -137,6 +138,7 @@ def _forward_groups(batch: list[_Item]) -> dict[GroupKey, list[Result]]:
     results: dict[GroupKey, list[Result]] = {}
     for key, items in groups.items():
         images = np.stack([item.image for item in items])
+        observe_batch(len(items))
         try:
             results[key] = list(predict_proba(items[0].model, images, items[0].tta))
         except Exception as exc:  # a failed batch fails its requests, never the batcher

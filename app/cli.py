@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import FrameType
 
+from app.client import CLIENT_COMMANDS
 from app.logs import configure_logging
 from app.settings import Settings
 
@@ -51,7 +52,7 @@ def split_gpus(gpus: list[int] | None, workers: int) -> list[list[int] | None]:
     """The GPUs each of `workers` local workers trains on: contiguous, near-equal groups
     ([0,1,2,3] for 2 workers: [0,1] and [2,3]); with more workers than GPUs, they share round-robin.
     None (all visible GPUs, or the CPU) for every worker when no GPUs are named."""
-    if not gpus:
+    if not gpus or workers == 0:
         return [gpus] * workers
     if workers > len(gpus):
         return [[gpus[i % len(gpus)]] for i in range(workers)]
@@ -61,6 +62,12 @@ def split_gpus(gpus: list[int] | None, workers: int) -> list[list[int] | None]:
 
 
 # --- worker supervision ------------------------------------------------------------------------
+
+
+def next_restart(quick_deaths: int, ran: float) -> tuple[int, float]:
+    """(quick deaths in a row, seconds to wait) after a worker that ran `ran` seconds exited."""
+    deaths = 0 if ran >= STABLE_AFTER_S else quick_deaths + 1
+    return deaths, min(RESTART_CAP_S, RESTART_FIRST_S * 2 ** max(0, deaths - 1))
 
 
 @dataclass
@@ -85,9 +92,6 @@ class WorkerSupervisor:
         for slot in self._slots:
             self._spawn(slot)
         self._watcher.start()
-
-    def pids(self) -> list[int]:
-        return [slot.process.pid for slot in self._slots if slot.process is not None]
 
     def stop(self, grace: float = STOP_GRACE_S) -> None:
         """SIGTERM every worker, SIGKILL those still running after `grace` seconds."""
@@ -116,8 +120,7 @@ class WorkerSupervisor:
             return
         if slot.restart_at is None:
             ran = now - slot.started_at
-            slot.quick_deaths = 0 if ran >= STABLE_AFTER_S else slot.quick_deaths + 1
-            delay = min(RESTART_CAP_S, RESTART_FIRST_S * 2 ** max(0, slot.quick_deaths - 1))
+            slot.quick_deaths, delay = next_restart(slot.quick_deaths, ran)
             slot.restart_at = now + delay
             log.warning(
                 "worker pid %d exited with code %s after %.1f s; restarting it in %.0f s",
@@ -191,10 +194,19 @@ def add_worker(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--gpus", type=gpu_list, default=None, help="CUDA ids, e.g. 0,1; '' = the CPU; default all visible"
     )
+    parser.add_argument(
+        "--check", action="store_true", help="exit 0 if a worker on this host heartbeat lately, else 1"
+    )
 
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     """Claim and train trials until SIGTERM/SIGINT (run_worker handles both)."""
+    if args.check:  # the container healthcheck: no torch import, no training
+        from app.metrics import check_local_worker
+
+        healthy, message = check_local_worker(settings)
+        print(message)
+        return 0 if healthy else 1
     from app.worker import run_worker
 
     run_worker(settings, gpus=args.gpus)
@@ -219,6 +231,7 @@ SUBCOMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Command,
     "serve": (add_serve, cmd_serve, "the API plus local workers"),
     "worker": (add_worker, cmd_worker, "one worker, no API"),
     "migrate": (add_migrate, cmd_migrate, "bring the database schema to head"),
+    **CLIENT_COMMANDS,  # submit, status, predict, models: HTTP calls to a running server
 }
 
 

@@ -13,6 +13,7 @@ Three sources, one registry per app:
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -30,9 +31,10 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.db import db_time
+from app.db import db_time, make_engine, session_factory
 from app.logs import wrap_outermost
 from app.models import JOB_STATUSES, TRIAL_STATUSES, EpochMetric, Job, Trial, Worker
+from app.settings import Settings
 
 log = logging.getLogger("sweepserve.metrics")
 
@@ -98,7 +100,8 @@ def route_template(scope: Scope) -> str:
     mount = scope.get("root_path", "")[len(scope.get("app_root_path", "")) :]
     if mount:
         return f"{mount}/{{path}}"  # a mounted app (the static files)
-    # A plain Starlette route (the API docs) has no route in the scope; without parameters its path is its template.
+    # A plain Starlette route (the API docs) leaves no route in the scope; with no parameters, its
+    # path is its template.
     return "unmatched" if scope.get("path_params") else scope["path"]
 
 
@@ -146,6 +149,24 @@ def worker_heartbeats(
     if hostname is not None:
         query = query.where(Worker.hostname == hostname)
     return [WorkerHeartbeat(w, h, max(float(a), 0.0)) for w, h, a in session.execute(query)]
+
+
+def check_local_worker(settings: Settings, hostname: str | None = None) -> tuple[bool, str]:
+    """Healthy when a worker of this host heartbeat within LIVE_HEARTBEATS intervals (`worker --check`)."""
+    hostname = hostname or socket.gethostname()
+    limit = LIVE_HEARTBEATS * settings.heartbeat_seconds
+    engine = make_engine(settings.database_url)
+    try:
+        with session_factory(engine)() as session:
+            beats = worker_heartbeats(session, limit, hostname)
+    except SQLAlchemyError as exc:
+        return False, f"the database cannot be read: {exc}"
+    finally:
+        engine.dispose()
+    if not beats:
+        return False, f"no worker on {hostname} has heartbeat in the last {limit:.0f} s"
+    freshest = min(beats, key=lambda b: b.age_seconds)
+    return True, f"worker {freshest.worker_id} heartbeat {freshest.age_seconds:.1f} s ago"
 
 
 class DatabaseCollector(Collector):

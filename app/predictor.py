@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.batching import DynamicBatcher
 from app.imaging import DecodeOptions, decode_all
 from app.inference import LoadedModel, load_model, pick_device
+from app.metrics import count_reload
 from app.registry import ModelInfo, active_model_info, get_model
 from app.settings import Settings
 
@@ -134,6 +135,7 @@ class Predictor:
             return self._active.info.id if self._active else None
         self._active, self.last_error = model, None
         self.reloads += 1
+        count_reload()
         self._evict()
         log.info("now serving model %d (val_accuracy %.4f)", info.id, info.val_accuracy)
         return info.id

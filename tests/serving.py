@@ -16,11 +16,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.db import transaction
 from app.models import RegisteredModel
-from app.queue import submit_job
+from app.queue import EPOCH_FIELDS, Outcome, claim_trial, finish_trial, submit_job
+from app.worker import trial_dir
 from ml.checkpoint import inference_checkpoint, save_atomic
 from ml.config import JobSpec, TrainConfig
 from ml.models import build_model
@@ -48,30 +50,25 @@ def register_model(
     test_accuracy: float | None = None,
     corrupt: bool = False,
 ) -> int:
-    """A finished one-trial job whose best checkpoint is registered, as the worker leaves it
-    (with `corrupt`, a checkpoint file that cannot be loaded)."""
+    """A one-trial job trained "instantly" and registered by the worker's own queue calls
+    (claim, finish); with `corrupt`, its checkpoint file cannot be loaded. Returns the model id."""
     with transaction(factory) as session:
         job, _ = submit_job(session, JobSpec(name=f"model seed {seed}", train=SERVING_CONFIG))
-        trial = job.trials[0]
-        job.status, trial.status, trial.epoch, trial.val_accuracy = "succeeded", "succeeded", 1, val_accuracy
-        relative = f"jobs/{job.id}/trials/{trial.id}/best.pt"
+    with transaction(factory) as session:
+        claim = claim_trial(session, "serving-tests", lease_seconds=60)
+        assert claim is not None and claim.job_id == job.id
+        path = trial_dir(artifacts_dir, claim.job_id, claim.trial_id) / "best.pt"
         if corrupt:
-            (artifacts_dir / relative).parent.mkdir(parents=True)
-            (artifacts_dir / relative).write_bytes(b"not a checkpoint")
+            path.parent.mkdir(parents=True)
+            path.write_bytes(b"not a checkpoint")
         else:
-            write_checkpoint(artifacts_dir / relative, seed)
-        row = RegisteredModel(
-            job_id=job.id,
-            trial_id=trial.id,
-            arch=SERVING_CONFIG.arch,
-            epoch=1,
-            val_accuracy=val_accuracy,
-            test_accuracy=test_accuracy,
-            path=relative,
-        )
-        session.add(row)
-        session.flush()
-        return row.id
+            write_checkpoint(path, seed)
+        epoch = dict.fromkeys(EPOCH_FIELDS, 0.0) | {"epoch": 1, "val_accuracy": val_accuracy}
+        relative = path.relative_to(artifacts_dir).as_posix()
+        finish_trial(session, claim, Outcome("succeeded", [epoch], test_accuracy, None, relative))
+        return session.scalars(
+            select(RegisteredModel.id).where(RegisteredModel.trial_id == claim.trial_id)
+        ).one()
 
 
 def encode(pixels: np.ndarray, fmt: str = "PNG", mode: str | None = None) -> bytes:

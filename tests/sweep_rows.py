@@ -53,7 +53,7 @@ def write_sweep(factory: sessionmaker[Session], n_trials: int = 4, name: str = "
     spec = JobSpec.model_validate(
         {
             "name": name,
-            "search": {"space": {"lr": [0.05 * (i + 1) for i in range(n_trials)]}},
+            "search": {"space": {"lr": [round(0.05 * (i + 1), 2) for i in range(n_trials)]}},
             "train": {"epochs": EPOCHS},
             "early_stopping": {"strategy": "median", "min_epochs": 1},
         }

@@ -13,7 +13,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
-from app.deps import SessionDep, SettingsDep
+from app.deps import PredictorDep, SessionDep, SettingsDep
 from app.models import Job, RegisteredModel, Trial
 from app.queue import Conflict, NotFound, cancel_job, get_job, submit_job, trial_counts
 from app.schemas import problem_responses
@@ -144,7 +144,9 @@ def cancel(job_id: JobId, session: SessionDep) -> JobOut:
     responses=problem_responses(404, 409, 422),
     summary="Delete a finished job, its trials, models and checkpoint files",
 )
-def remove_job(job_id: JobId, session: SessionDep, settings: SettingsDep) -> Response:
+def remove_job(
+    job_id: JobId, session: SessionDep, settings: SettingsDep, predictor: PredictorDep
+) -> Response:
     job = get_job(session, job_id)
     if job.status in ("queued", "running"):
         raise Conflict(f"job {job_id} is {job.status}; cancel it first")
@@ -154,6 +156,7 @@ def remove_job(job_id: JobId, session: SessionDep, settings: SettingsDep) -> Res
     session.execute(delete(Job).where(Job.id == job_id))  # the foreign keys cascade
     session.commit()
     shutil.rmtree(settings.artifacts_dir / "jobs" / str(job_id), ignore_errors=True)
+    predictor.request_reload()  # it may be serving one of this job's models: let it switch now
     return Response(status_code=204)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from http import HTTPStatus
 from typing import Any
 
 from pydantic import BaseModel, Field
@@ -29,6 +30,10 @@ def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI `responses=` entries documenting problem+json bodies for these statuses."""
     schema = {"$ref": "#/components/schemas/ProblemOut"}
     return {
-        status: {"model": ProblemOut, "content": {PROBLEM_JSON: {"schema": schema}}, "description": "problem"}
+        status: {
+            "model": ProblemOut,
+            "content": {PROBLEM_JSON: {"schema": schema}},
+            "description": HTTPStatus(status).phrase,
+        }
         for status in statuses
     }

@@ -107,8 +107,10 @@ export function when(iso) {
 }
 
 export function params(obj) {
+  // 6 significant digits: a grid step of 0.05 shows as 0.15, not 0.15000000000000002.
+  const show = (v) => (typeof v === "number" ? String(Number(v.toPrecision(6))) : JSON.stringify(v));
   const entries = Object.entries(obj || {});
-  return entries.length ? entries.map(([k, v]) => `${k}=${JSON.stringify(v)}`).join(", ") : "(base config)";
+  return entries.length ? entries.map(([k, v]) => `${k}=${show(v)}`).join(", ") : "(base config)";
 }
 
 export const ACTIVE = new Set(["queued", "running"]);

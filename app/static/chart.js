@@ -15,14 +15,16 @@ export function colorFor(index) {
   return PALETTE[index % PALETTE.length];
 }
 
-/** Round tick values covering [lo, hi], about `count` of them. */
+/** Round tick values from at or below `lo` to at or above `hi`, about `count` of them. */
 export function niceTicks(lo, hi, count = 5) {
   if (!(hi > lo)) hi = lo + 1;
   const raw = (hi - lo) / count;
   const magnitude = 10 ** Math.floor(Math.log10(raw));
   const step = [1, 2, 2.5, 5, 10].map((m) => m * magnitude).find((s) => s >= raw);
+  const first = Math.floor(lo / step + 1e-9);
+  const last = Math.ceil(hi / step - 1e-9);
   const ticks = [];
-  for (let v = Math.ceil(lo / step) * step; v <= hi + step * 1e-9; v += step) ticks.push(Number(v.toFixed(10)));
+  for (let i = first; i <= last; i++) ticks.push(Number((i * step).toFixed(10)));
   return ticks;
 }
 
@@ -63,17 +65,13 @@ export function drawLineChart(svg, series, options) {
 function yRange(ys, options) {
   let lo = options.yMin ?? Math.min(...ys);
   let hi = options.yMax ?? Math.max(...ys);
-  if (options.clamp) {
-    lo = Math.max(options.clamp[0], lo);
-    hi = Math.min(options.clamp[1], hi);
-  }
   if (hi - lo < 1e-6) {
     lo -= 0.05;
     hi += 0.05;
   }
-  const pad = (hi - lo) * 0.05;
-  const ticks = niceTicks(lo - pad, hi + pad);
-  return [Math.min(ticks[0], lo), Math.max(ticks[ticks.length - 1], hi)];
+  const ticks = niceTicks(lo, hi);
+  const [min, max] = options.clamp || [-Infinity, Infinity];
+  return [Math.max(ticks[0], min), Math.min(ticks[ticks.length - 1], max)];
 }
 
 function axes(x, y, xMax, yLo, yHi, options) {

@@ -33,8 +33,9 @@ function render() {
   document.getElementById("job-times").textContent =
     `created ${when(job.created_at)} · started ${when(job.started_at)} · finished ${when(job.finished_at)}`;
   document.getElementById("cancel").hidden = !ACTIVE.has(job.status);
+  document.getElementById("spec").textContent = JSON.stringify(job.spec, null, 2);
   renderProgress(job);
-  renderBest(job.best);
+  renderBest(job);
   renderCharts(job);
   renderTable(job);
 }
@@ -53,17 +54,20 @@ function renderProgress(job) {
   for (const segment of bar.children) segment.style.flexGrow = segment.dataset.share;
 }
 
-function renderBest(best) {
+function renderBest(job) {
+  const best = job.best;
   const card = document.getElementById("best");
   card.hidden = !best;
   if (!best) return;
+  const trial = job.trials.find((t) => t.id === best.trial_id);
+  const model = best.model_id ? `model ${best.model_id}` : ACTIVE.has(job.status) ? "registered when the trial finishes" : "none";
   const fields = [
-    ["trial", `#${best.trial_id}`],
+    ["trial", `#${trial?.index ?? "?"} (id ${best.trial_id}, ${trial?.status ?? "?"})`],
     ["params", params(best.params)],
     ["val accuracy", pct(best.val_accuracy)],
     ["test accuracy", pct(best.test_accuracy)],
     ["best epoch", best.epoch ?? "–"],
-    ["model", best.model_id ? `model ${best.model_id}` : "registered when the trial finishes"],
+    ["model", model],
   ];
   document.getElementById("best-fields").replaceChildren(...fields.flatMap(([k, v]) => [h("dt", {}, k), h("dd", {}, v)]));
 }

@@ -36,7 +36,9 @@ def postgres_url() -> Iterator[str]:
             conn.execute(text(f'CREATE DATABASE "{name}"'))
     except OperationalError as exc:
         admin.dispose()
-        pytest.skip(f"PostgreSQL at {POSTGRES_URL} is not reachable: {exc.orig}")
+        if os.environ.get("CI"):  # same policy as tests/app: CI must not skip PostgreSQL silently
+            pytest.fail(f"PostgreSQL at {POSTGRES_URL} is not reachable and CI is set: {exc.orig}")
+        pytest.skip(f"PostgreSQL at {POSTGRES_URL} is not reachable (CI=1 makes this a failure): {exc.orig}")
     try:
         yield make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
     finally:

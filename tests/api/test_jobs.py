@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -15,9 +17,16 @@ from app.models import TRIAL_STATUSES, EpochMetric, Job, RegisteredModel, Trial
 from app.queue import refresh_job_status
 from app.schemas.jobs import JOB_SPEC_EXAMPLE
 from app.settings import Settings
+from tests.serving import png_files, register_model
 
 PROBLEM = "application/problem+json"
 SMALL = {"name": "small", "search": {"space": {"lr": [0.01, 0.1, 0.2]}}, "train": {"epochs": 3}}
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    # Model polling effectively off, so only an explicit reload can switch the predictor quickly.
+    return settings.model_copy(update={"model_poll_seconds": 300.0})
 
 
 def submit(client: TestClient, body: dict[str, Any] | None = None, **headers: str) -> dict[str, Any]:
@@ -40,6 +49,13 @@ def set_trials(sessions: sessionmaker[Session], job_id: int, updates: dict[int, 
 def finish_all(sessions: sessionmaker[Session], job_id: int, n_trials: int) -> None:
     finished = {"status": "succeeded", "finished_at": func.now(), "started_at": func.now()}
     set_trials(sessions, job_id, dict.fromkeys(range(n_trials), finished))
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
 
 
 def assert_problem(response: Any, status: int) -> dict[str, Any]:
@@ -377,6 +393,20 @@ def _of_job(table: type, job_id: int) -> Any:
     if table is EpochMetric:
         return EpochMetric.trial_id.in_(select(Trial.id).where(Trial.job_id == job_id))
     return table.job_id == job_id  # type: ignore[attr-defined]
+
+
+def test_deleting_the_served_models_job_makes_predict_drop_it(
+    client: TestClient, sessions: sessionmaker[Session], settings: Settings
+) -> None:
+    model_id = register_model(sessions, settings.artifacts_dir, val_accuracy=0.8)
+    predictor = client.app.state.predictor  # type: ignore[attr-defined]
+    predictor.request_reload()
+    wait_for(lambda: predictor.status()["model_id"] == model_id)
+    with sessions() as session:
+        job_id = session.get(RegisteredModel, model_id).job_id  # type: ignore[union-attr]
+    assert client.delete(f"/jobs/{job_id}").status_code == 204
+    wait_for(lambda: predictor.status()["model_id"] is None)  # at once, not at the next poll
+    assert_problem(client.post("/predict", files=[("file", ("a.png", png_files(1)[0]))]), 503)
 
 
 def test_delete_refuses_unfinished_jobs(client: TestClient, sessions: sessionmaker[Session]) -> None:

@@ -153,7 +153,10 @@ def test_job_page_draws_one_curve_per_trial_in_each_chart(
         errors: list[str] = []
         page.on("pageerror", lambda exc: errors.append(str(exc)))
         page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
-        page.goto(f"{url}/ui/jobs/{sweep.job_id}")
+        page.goto(url)  # the jobs list, with each job's best accuracy; its link opens the job page
+        row = page.wait_for_selector(f'#jobs tr[data-job-id="{sweep.job_id}"]:has-text("83.00 %")')
+        assert "succeeded" in row.inner_text() and page.locator("#jobs tbody tr").count() == 1
+        page.click(f'#jobs a[href="/ui/jobs/{sweep.job_id}"]')
         page.wait_for_selector("#chart-loss path.trial-line")
 
         for chart in ("chart-val", "chart-loss"):
@@ -167,10 +170,10 @@ def test_job_page_draws_one_curve_per_trial_in_each_chart(
         assert page.get_attribute(f'#chart-val path[data-trial-id="{sweep.best_trial_id}"]', "class") == (
             "trial-line best"
         )
-        assert_trial_table(page, sweep)
         assert page.is_hidden("#cancel")  # a finished job cannot be cancelled
         SCREENSHOT.parent.mkdir(exist_ok=True)
         page.screenshot(path=str(SCREENSHOT), full_page=True)
+        assert_trial_table(page, sweep)
         assert errors == []
         page.close()
     assert SCREENSHOT.stat().st_size > 10_000
@@ -200,7 +203,9 @@ def test_live_job_updates_and_cancels_from_the_browser(browser: object, db_url: 
         page.click("#key-dialog button[type=submit]")
         page.wait_for_selector("#job-status.status-queued")
         advance(factory, first, 1)
-        page.wait_for_selector("#chart-val path.trial-line", timeout=10_000)  # picked up by polling
+        # Picked up by polling. "attached": a one-epoch line is a flat dash, which Playwright calls hidden.
+        page.wait_for_selector("#chart-val path.trial-line", state="attached", timeout=10_000)
+        assert line_counts(page, "chart-val")["drawn"] == 1
         assert page.inner_text("#job-status") == "running"
         page.on("dialog", lambda dialog: dialog.accept())  # the "cancel this job?" confirmation
         page.click("#cancel")

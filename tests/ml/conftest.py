@@ -7,22 +7,9 @@ from collections.abc import Iterator
 import pytest
 import torch
 
-from ml.config import DataConfig, TrainConfig
+from ml.config import DataConfig
 from ml.data import Splits, make_splits
 from tests.synthetic import make_dataset
-
-# torchvision's ImageNet stem is the fastest ResNet-18 on a CPU; AdamW at 1e-3 separates the
-# synthetic classes within two epochs of 15 batches. EMA, label smoothing, cutout and TTA stay on.
-FAST = TrainConfig(
-    arch="resnet18_imagenet",
-    epochs=2,
-    batch_size=16,
-    optimizer="adamw",
-    lr=1e-3,
-    weight_decay=0.05,
-    ema_decay=0.9,
-    deterministic=True,
-)
 
 
 @pytest.fixture(autouse=True)

@@ -11,7 +11,15 @@ import torch
 from PIL import Image
 from torchvision import transforms
 
-from ml.augment import augment_batch, cutout, normalize, random_crop, random_flip, steps_per_epoch, train_batches
+from ml.augment import (
+    augment_batch,
+    cutout,
+    normalize,
+    random_crop,
+    random_flip,
+    steps_per_epoch,
+    train_batches,
+)
 from ml.config import AugmentConfig
 from ml.data import MEAN, STD
 
@@ -42,7 +50,9 @@ def test_crop_and_flip_match_torchvision_in_distribution() -> None:
     image = rng.integers(1, 256, size=(32, 32, 3), dtype=np.uint8)  # no zero pixel: padding is visible
     table = _outcomes(image)
 
-    reference = transforms.Compose([transforms.RandomCrop(32, padding=PAD), transforms.RandomHorizontalFlip()])
+    reference = transforms.Compose(
+        [transforms.RandomCrop(32, padding=PAD), transforms.RandomHorizontalFlip()]
+    )
     torch.manual_seed(0)
     pil = Image.fromarray(image)
     theirs = Counter(table[np.asarray(reference(pil)).tobytes()] for _ in range(DRAWS))

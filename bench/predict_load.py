@@ -1,0 +1,308 @@
+"""Load test of POST /predict: dynamic batching against none, and a hot reload under load.
+
+    python bench/predict_load.py [--seconds 10] [--concurrency 1 8 32 64] [--archive PATH]
+
+Starts two real uvicorn servers on free 127.0.0.1 ports, each on its own SQLite database with
+the same two untrained ResNet-18 models (torchvision ImageNet stem; registered through the
+worker's queue calls): one with dynamic batching (`--batch`, default 64) and one with
+`max_batch_size=1`. At each concurrency level both are driven in turn, never together, for
+`--seconds` each, with real 32x32 PNGs made from the CIFAR-10 test split of the shared JPEG
+archive. In the run at `--reload-at` concurrency the second model is promoted halfway through,
+so that row includes a hot reload. Every loop is bounded in requests and time; only loopback
+addresses are contacted. Prints a Markdown table (and JSON with --json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import httpx
+import numpy as np
+from PIL import Image
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # run as a script from anywhere
+
+from app.db import make_engine, session_factory, upgrade_to_head  # noqa: E402
+from tests.serving import SERVING_CONFIG, register_model  # noqa: E402
+
+DEFAULT_ARCHIVE = REPO.parent / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
+BOUNDARY = "sweepservebench"
+MAX_REQUESTS_PER_RUN = 200_000
+REQUEST_TIMEOUT_S = 30.0
+
+
+@dataclass
+class RunResult:
+    server: str
+    concurrency: int
+    seconds: float
+    requests: int
+    errors: int
+    rps: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    mean_batch: float  # images per forward pass on the server during the run
+    models: dict[str, int] = field(default_factory=dict)  # model id -> answers
+    reload: str = ""
+
+
+def cifar_pngs(archive: Path, count: int) -> list[bytes]:
+    """`count` CIFAR-10 test images, classes interleaved, re-encoded as 32x32 PNG."""
+    by_class: dict[str, list[tarfile.TarInfo]] = {}
+    with tarfile.open(archive, "r:gz") as tar:
+        for member in tar:
+            parts = member.name.split("/")
+            if member.isfile() and len(parts) >= 3 and parts[-3] == "test":
+                by_class.setdefault(parts[-2], []).append(member)
+        per_class = -(-count // len(by_class))
+        members = [
+            m
+            for ms in zip(*(sorted(v, key=lambda m: m.name)[:per_class] for v in by_class.values()))
+            for m in ms
+        ]
+        return [_png(tar.extractfile(m).read()) for m in members[:count]]  # type: ignore[union-attr]
+
+
+def _png(jpeg: bytes) -> bytes:
+    with Image.open(io.BytesIO(jpeg)) as image:
+        out = io.BytesIO()
+        image.convert("RGB").save(out, "PNG")
+        return out.getvalue()
+
+
+def multipart(png: bytes) -> bytes:
+    """A ready-made body with one `file` part, so the load generator spends no time encoding."""
+    head = f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="x.png"\r\n'
+    return (head + "Content-Type: image/png\r\n\r\n").encode() + png + f"\r\n--{BOUNDARY}--\r\n".encode()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """One uvicorn process on its own database and artifacts folder."""
+
+    def __init__(self, name: str, workdir: Path, batch: int, delay_ms: float) -> None:
+        self.name, self.port = name, free_port()
+        self.url = f"sqlite:///{workdir / name / 'bench.db'}"
+        self.artifacts = workdir / name / "artifacts"
+        (workdir / name).mkdir(parents=True)
+        upgrade_to_head(self.url)
+        engine = make_engine(self.url)
+        factory = session_factory(engine)
+        self.first = register_model(factory, self.artifacts, val_accuracy=0.5, seed=1)
+        self.second = register_model(factory, self.artifacts, val_accuracy=0.4, seed=2)
+        engine.dispose()
+        env = {
+            **os.environ,
+            "SWEEPSERVE_DATABASE_URL": self.url,
+            "SWEEPSERVE_ARTIFACTS_DIR": str(self.artifacts),
+            "SWEEPSERVE_MAX_BATCH_SIZE": str(batch),
+            "SWEEPSERVE_MAX_DELAY_MS": str(delay_ms),
+            "SWEEPSERVE_LOG_LEVEL": "WARNING",
+        }
+        env.pop("SWEEPSERVE_API_KEY", None)
+        command = [sys.executable, "-m", "uvicorn", "--factory", "app.main:create_app", "--host", "127.0.0.1"]
+        command += ["--port", str(self.port), "--log-level", "warning", "--no-access-log"]
+        self.process = subprocess.Popen(command, cwd=REPO, env=env)
+        self.base = f"http://127.0.0.1:{self.port}"
+
+    async def ready(self, client: httpx.AsyncClient, timeout: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server {self.name} exited with {self.process.returncode}")
+            try:
+                status = await self.model_status(client)
+                if status.get("model_id") == self.first:
+                    return
+            except httpx.HTTPError:
+                pass
+            await asyncio.sleep(0.2)
+        raise TimeoutError(f"server {self.name} did not load model {self.first} in {timeout} s")
+
+    async def model_status(self, client: httpx.AsyncClient) -> dict:
+        response = await client.get(f"{self.base}/readyz")
+        return response.json()["checks"]["model"]
+
+    def stop(self) -> None:
+        self.process.terminate()  # only the process this script started, by its handle
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+async def drive(
+    server: Server, bodies: list[bytes], concurrency: int, seconds: float, reload: bool
+) -> RunResult:
+    latencies: list[float] = []
+    errors: Counter[str] = Counter()
+    models: Counter[str] = Counter()
+    limits = httpx.Limits(max_connections=concurrency + 2, max_keepalive_connections=concurrency + 2)
+    headers = {"content-type": f"multipart/form-data; boundary={BOUNDARY}"}
+    async with httpx.AsyncClient(limits=limits, timeout=REQUEST_TIMEOUT_S) as client:
+        before = await server.model_status(client)
+        started = time.perf_counter()
+        deadline = started + seconds
+
+        async def user(offset: int) -> None:
+            i = offset
+            while (
+                time.perf_counter() < deadline
+                and len(latencies) + sum(errors.values()) < MAX_REQUESTS_PER_RUN
+            ):
+                t0 = time.perf_counter()
+                try:
+                    response = await client.post(
+                        f"{server.base}/predict", content=bodies[i % len(bodies)], headers=headers
+                    )
+                except httpx.HTTPError as exc:
+                    errors[type(exc).__name__] += 1
+                    continue
+                if response.status_code == 200:
+                    latencies.append(time.perf_counter() - t0)
+                    models[str(response.json()["model"]["id"])] += 1
+                else:
+                    errors[str(response.status_code)] += 1
+                i += concurrency
+
+        reloading = asyncio.create_task(promote_midway(client, server, seconds / 2)) if reload else None
+        await asyncio.gather(*(user(k) for k in range(concurrency)))
+        elapsed = time.perf_counter() - started
+        reload_note = await reloading if reloading else ""
+        after = await server.model_status(client)
+    return summarize(server.name, concurrency, elapsed, latencies, errors, models, before, after, reload_note)
+
+
+async def promote_midway(client: httpx.AsyncClient, server: Server, delay: float) -> str:
+    await asyncio.sleep(delay)
+    target = (
+        server.second if (await server.model_status(client))["model_id"] == server.first else server.first
+    )
+    response = await client.post(f"{server.base}/models/{target}/promote")
+    return f"promoted model {target} at {delay:.0f} s: HTTP {response.status_code}"
+
+
+def summarize(
+    name: str,
+    concurrency: int,
+    elapsed: float,
+    latencies: list[float],
+    errors: Counter[str],
+    models: Counter[str],
+    before: dict,
+    after: dict,
+    reload: str,
+) -> RunResult:
+    ms = np.array(latencies) * 1000 if latencies else np.array([float("nan")])
+    passes = after["forward_passes"] - before["forward_passes"]
+    images = after["images_predicted"] - before["images_predicted"]
+    if errors:
+        reload = f"{reload} errors: {dict(errors)}".strip()
+    return RunResult(
+        server=name,
+        concurrency=concurrency,
+        seconds=round(elapsed, 2),
+        requests=len(latencies),
+        errors=sum(errors.values()),
+        rps=round(len(latencies) / elapsed, 1),
+        p50_ms=round(float(np.percentile(ms, 50)), 1),
+        p95_ms=round(float(np.percentile(ms, 95)), 1),
+        p99_ms=round(float(np.percentile(ms, 99)), 1),
+        mean_batch=round(images / passes, 1) if passes else 0.0,
+        models=dict(models),
+        reload=reload,
+    )
+
+
+def markdown(results: list[RunResult]) -> str:
+    rows = {(r.server, r.concurrency): r for r in results}
+    lines = [
+        "| concurrency | batched req/s | p50 / p95 / p99 ms | errors | mean batch | unbatched req/s "
+        "| p50 / p95 / p99 ms | errors | speed-up |",
+        "|---:|---:|---|---:|---:|---:|---|---:|---:|",
+    ]
+    for c in sorted({r.concurrency for r in results}):
+        b, u = rows[("batched", c)], rows[("unbatched", c)]
+        lines.append(
+            f"| {c} | {b.rps} | {b.p50_ms} / {b.p95_ms} / {b.p99_ms} | {b.errors} | {b.mean_batch} | {u.rps} "
+            f"| {u.p50_ms} / {u.p95_ms} / {u.p99_ms} | {u.errors} | {b.rps / u.rps if u.rps else float('nan'):.2f}x |"
+        )
+    notes = [
+        f"- {r.server} @ {r.concurrency}: {r.reload}; answers per model id {r.models}"
+        for r in results
+        if r.reload
+    ]
+    return "\n".join(lines + [""] + notes)
+
+
+async def bench(args: argparse.Namespace, workdir: Path) -> list[RunResult]:
+    bodies = [multipart(png) for png in cifar_pngs(args.archive, args.images)]
+    servers = [Server("batched", workdir, args.batch, args.delay_ms), Server("unbatched", workdir, 1, 0.0)]
+    try:
+        async with httpx.AsyncClient(timeout=10) as client:
+            for server in servers:
+                await server.ready(client)
+        results = []
+        for concurrency in args.concurrency:
+            for server in servers:
+                result = await drive(server, bodies, concurrency, args.seconds, concurrency == args.reload_at)
+                print(json.dumps(asdict(result)), flush=True)
+                results.append(result)
+        return results
+    finally:
+        for server in servers:
+            server.stop()
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--archive", type=Path, default=DEFAULT_ARCHIVE, help="CIFAR-10 JPEG tar.gz")
+    parser.add_argument("--images", type=int, default=1000, help="distinct test images to cycle through")
+    parser.add_argument("--seconds", type=float, default=10.0, help="per concurrency level and server")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
+    parser.add_argument("--batch", type=int, default=64, help="max_batch_size of the batched server")
+    parser.add_argument("--delay-ms", type=float, default=5.0, help="max_delay_ms of the batched server")
+    parser.add_argument(
+        "--reload-at", type=int, default=32, help="concurrency whose runs include a promotion"
+    )
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    print(
+        f"model: untrained {SERVING_CONFIG.arch}; {args.seconds:g} s per level; cpus: {os.cpu_count()}",
+        flush=True,
+    )
+    with tempfile.TemporaryDirectory(prefix="sweepserve-bench-") as workdir:
+        results = asyncio.run(bench(args, Path(workdir)))
+    print(markdown(results))
+    if args.json:
+        args.json.write_text(json.dumps([asdict(r) for r in results], indent=2))
+    return 1 if any(r.errors for r in results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

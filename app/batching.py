@@ -1,8 +1,9 @@
 """Dynamic batching: single images from concurrent requests become one forward pass per model.
 
 One asyncio task gathers queued images (up to `max_batch_size`, waiting at most `max_delay_s`
-after the oldest one arrived) and hands the batch to a single inference thread; while that
-thread computes, new requests queue up and form the next batch. The queue is bounded: a request
+after the oldest one arrived, and only while other requests are still decoding: a lone request
+never waits) and hands the batch to a single inference thread; while that thread computes, new
+requests queue up and form the next batch. The queue is bounded: a request
 that would overflow it is refused at once (`Overloaded`), so latency cannot grow without limit.
 """
 
@@ -13,6 +14,7 @@ import contextlib
 import logging
 import math
 from collections import defaultdict
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -50,10 +52,20 @@ class DynamicBatcher:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="inference")
         self._task: asyncio.Task[None] | None = None
         self._seconds_per_image = 0.005  # running estimate, for Retry-After
+        self._arriving = 0  # images of requests still decoding: worth waiting for
 
     @property
     def pending(self) -> int:
         return self._queue.qsize()
+
+    @contextlib.contextmanager
+    def arriving(self, count: int) -> Iterator[None]:
+        """Wrap the decoding of `count` images that will be submitted right after the block."""
+        self._arriving += count
+        try:
+            yield
+        finally:
+            self._arriving -= count
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="dynamic-batcher")
@@ -106,7 +118,7 @@ class DynamicBatcher:
                 batch.append(self._queue.get_nowait())
                 continue
             remaining = deadline - loop.time()
-            if remaining <= 0:
+            if remaining <= 0 or not self._arriving:  # nobody is about to join: do not wait
                 break
             try:
                 batch.append(await asyncio.wait_for(self._queue.get(), remaining))

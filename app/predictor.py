@@ -94,8 +94,9 @@ class Predictor:
     async def predict(self, images: list[bytes], *, model_id: int | None, resize: bool, tta: bool) -> dict:
         """Decode (in a thread), batch with concurrent requests, answer in input order."""
         model = await self._model_for(model_id)
-        pixels = await asyncio.to_thread(decode_all, images, DecodeOptions(resize=resize))
-        probs = await self._batcher.submit(model, pixels, tta)
+        with self._batcher.arriving(len(images)):
+            pixels = await asyncio.to_thread(decode_all, images, DecodeOptions(resize=resize))
+        probs = await self._batcher.submit(model, pixels, tta)  # no await in between: queued at once
         return {"model": model.info.public(), "predictions": [_prediction(p, model.classes) for p in probs]}
 
     async def _model_for(self, model_id: int | None) -> LoadedModel:

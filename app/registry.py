@@ -40,11 +40,12 @@ class ModelInfo:
 
 
 def _active_order() -> Select[tuple[RegisteredModel]]:
-    # A user's promotion wins (latest first); otherwise the best validation accuracy, oldest on ties.
+    # A user's promotion wins (latest first); otherwise the best validation accuracy, and on a tie
+    # the newest model, so a retrained model that is as good takes over.
     return select(RegisteredModel).order_by(
         RegisteredModel.promoted_at.desc().nulls_last(),
         RegisteredModel.val_accuracy.desc(),
-        RegisteredModel.id.asc(),
+        RegisteredModel.id.desc(),
     )
 
 

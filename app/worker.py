@@ -158,7 +158,7 @@ class LeaseKeeper(threading.Thread):
 class WorkerHooks(TrialHooks):
     """The trainer's callbacks: every epoch becomes a guarded database write."""
 
-    def __init__(self, worker: Worker, claim: Claim, spec: JobSpec, lost: threading.Event) -> None:
+    def __init__(self, worker: WorkerLoop, claim: Claim, spec: JobSpec, lost: threading.Event) -> None:
         self.worker, self.claim, self.spec, self.lost = worker, claim, spec, lost
 
     def restored(self, history: list[EpochMetrics]) -> None:
@@ -185,7 +185,7 @@ class WorkerHooks(TrialHooks):
             raise
 
 
-class Worker:
+class WorkerLoop:
     """One worker process's loop; `run_worker` is the entry point."""
 
     def __init__(
@@ -323,7 +323,7 @@ def run_worker(
         retry_db(lambda: upgrade_to_head(settings.database_url), "migrate", stop)
         engine = make_engine(settings.database_url)
         try:
-            Worker(settings, engine, gpus, stop).serve(max_trials)
+            WorkerLoop(settings, engine, gpus, stop).serve(max_trials)
         finally:
             engine.dispose()
 

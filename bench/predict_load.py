@@ -59,6 +59,7 @@ class RunResult:
     mean_batch: float  # images per forward pass on the server during the run
     models: dict[str, int] = field(default_factory=dict)  # model id -> answers
     reload: str = ""
+    load_average: float = 0.0  # 1-minute load average of the machine at the end of the run
 
 
 def cifar_pngs(archive: Path, count: int) -> list[bytes]:
@@ -70,11 +71,8 @@ def cifar_pngs(archive: Path, count: int) -> list[bytes]:
             if member.isfile() and len(parts) >= 3 and parts[-3] == "test":
                 by_class.setdefault(parts[-2], []).append(member)
         per_class = -(-count // len(by_class))
-        members = [
-            m
-            for ms in zip(*(sorted(v, key=lambda m: m.name)[:per_class] for v in by_class.values()))
-            for m in ms
-        ]
+        firsts = [sorted(v, key=lambda m: m.name)[:per_class] for v in by_class.values()]
+        members = [m for row in zip(*firsts, strict=True) for m in row]  # airplane, automobile, ...
         return [_png(tar.extractfile(m).read()) for m in members[:count]]  # type: ignore[union-attr]
 
 
@@ -232,6 +230,7 @@ def summarize(
         mean_batch=round(images / passes, 1) if passes else 0.0,
         models=dict(models),
         reload=reload,
+        load_average=os.getloadavg()[0],
     )
 
 
@@ -239,21 +238,23 @@ def markdown(results: list[RunResult]) -> str:
     rows = {(r.server, r.concurrency): r for r in results}
     lines = [
         "| concurrency | batched req/s | p50 / p95 / p99 ms | errors | mean batch | unbatched req/s "
-        "| p50 / p95 / p99 ms | errors | speed-up |",
-        "|---:|---:|---|---:|---:|---:|---|---:|---:|",
+        "| p50 / p95 / p99 ms | errors | speed-up | load avg |",
+        "|---:|---:|---|---:|---:|---:|---|---:|---:|---:|",
     ]
     for c in sorted({r.concurrency for r in results}):
         b, u = rows[("batched", c)], rows[("unbatched", c)]
+        speedup = b.rps / u.rps if u.rps else float("nan")
         lines.append(
             f"| {c} | {b.rps} | {b.p50_ms} / {b.p95_ms} / {b.p99_ms} | {b.errors} | {b.mean_batch} | {u.rps} "
-            f"| {u.p50_ms} / {u.p95_ms} / {u.p99_ms} | {u.errors} | {b.rps / u.rps if u.rps else float('nan'):.2f}x |"
+            f"| {u.p50_ms} / {u.p95_ms} / {u.p99_ms} | {u.errors} | {speedup:.2f}x "
+            f"| {b.load_average:.1f} / {u.load_average:.1f} |"
         )
     notes = [
         f"- {r.server} @ {r.concurrency}: {r.reload}; answers per model id {r.models}"
         for r in results
         if r.reload
     ]
-    return "\n".join(lines + [""] + notes)
+    return "\n".join([*lines, "", *notes])
 
 
 async def bench(args: argparse.Namespace, workdir: Path) -> list[RunResult]:

@@ -115,6 +115,7 @@ def rng_state(generator: torch.Generator) -> dict[str, Any]:
     np_state = np.random.get_state()
     return {
         "data_generator": generator.get_state(),
+        "data_generator_device": generator.device.type,
         "torch_cpu": torch.get_rng_state(),
         "torch_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         "python": random.getstate(),
@@ -122,14 +123,19 @@ def rng_state(generator: torch.Generator) -> dict[str, Any]:
     }
 
 
-def restore_rng_state(state: dict[str, Any], generator: torch.Generator) -> None:
-    generator.set_state(state["data_generator"])
+def restore_rng_state(state: dict[str, Any], generator: torch.Generator) -> bool:
+    """Returns False when `generator` lives on another device type than the saved one (a trial
+    moved between a GPU and a CPU worker): its state cannot carry over, and the caller reseeds it."""
     torch.set_rng_state(state["torch_cpu"])
-    if state["torch_cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["torch_cuda"])
+    for index, cuda_state in enumerate(state["torch_cuda"][: torch.cuda.device_count()]):
+        torch.cuda.set_rng_state(cuda_state, index)
     random.setstate(state["python"])
     name, keys, *rest = state["numpy"]
     np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+    if state["data_generator_device"] != generator.device.type:
+        return False
+    generator.set_state(state["data_generator"])
+    return True
 
 
 # --- record --------------------------------------------------------------------------------------

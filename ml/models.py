@@ -36,8 +36,17 @@ def build_model(cfg: TrainConfig, num_classes: int = 10, allow_download: bool = 
         net.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
         nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")  # as torchvision's
         net.maxpool = nn.Identity()
+    net.avgpool = GlobalAvgPool()
     net.fc = _head(cfg.hidden_units, num_classes)
     return net
+
+
+class GlobalAvgPool(nn.Module):
+    """AdaptiveAvgPool2d(1) as a mean: same numbers, but its CUDA backward is deterministic
+    (adaptive_avg_pool2d's is not, and fails under torch.use_deterministic_algorithms)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=(2, 3), keepdim=True)
 
 
 def _norm_layer(norm: str) -> Callable[[int], nn.Module]:

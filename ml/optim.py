@@ -1,4 +1,4 @@
-"""Optimiser and per-step learning-rate schedule of a `TrainConfig`."""
+"""Loss, optimiser and per-step learning-rate schedule of a `TrainConfig`."""
 
 from __future__ import annotations
 
@@ -6,10 +6,26 @@ import math
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
 from ml.config import TrainConfig
+
+
+class SmoothedCrossEntropy(nn.Module):
+    """Cross-entropy against label-smoothed one-hot targets: the numbers of
+    nn.CrossEntropyLoss(label_smoothing=...), through the soft-target path, whose CUDA backward is
+    deterministic (nll_loss's accumulates with atomics)."""
+
+    def __init__(self, label_smoothing: float) -> None:
+        super().__init__()
+        self.label_smoothing = label_smoothing
+
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        n_classes = logits.shape[1]
+        target = F.one_hot(labels, n_classes).to(logits.dtype) * (1.0 - self.label_smoothing)
+        return F.cross_entropy(logits, target + self.label_smoothing / n_classes)
 
 
 def build_optimizer(net: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:

@@ -19,7 +19,7 @@ from ml.ema import EMA
 from ml.environment import Runtime
 from ml.evaluate import evaluate
 from ml.models import build_model
-from ml.optim import build_optimizer, build_scheduler
+from ml.optim import SmoothedCrossEntropy, build_optimizer, build_scheduler
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ def build_setup(cfg: TrainConfig, splits: Splits, runtime: Runtime, allow_downlo
         ema=EMA(net, cfg.ema_decay) if cfg.ema_decay > 0 else None,
         optimizer=optimizer,
         scheduler=scheduler,
-        criterion=nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing),
+        criterion=SmoothedCrossEntropy(cfg.label_smoothing),
         generator=torch.Generator(device=runtime.device).manual_seed(cfg.seed),
         classes=list(splits.classes),
         train_x=data[0],

@@ -11,7 +11,7 @@ last.pt is written before best.pt, so after a crash best.pt lags by at most that
 
 from __future__ import annotations
 
-from dataclasses import asdict
+import logging
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Protocol, TypeVar
@@ -20,6 +20,8 @@ from ml.checkpoint import inference_checkpoint, load_checkpoint, save_atomic
 from ml.data import MEAN, STD
 from ml.environment import restore_rng_state, rng_state
 from ml.setup import TrialSetup
+
+log = logging.getLogger(__name__)
 
 LAST = "last.pt"
 BEST = "best.pt"
@@ -43,7 +45,7 @@ def save(setup: TrialSetup, out_dir: Path, history: list[Any], metadata: dict[st
     latest = history[-1]
     plain = {**metadata, "seed": setup.cfg.seed, "epoch": latest.epoch, "val_accuracy": latest.val_accuracy}
     best = inference_checkpoint(setup.eval_net.state_dict(), setup.cfg, setup.classes, MEAN, STD, **plain)
-    save_atomic({**best, **_training_state(setup), "history": [asdict(m) for m in history]}, out_dir / LAST)
+    save_atomic({**best, **_training_state(setup), "history": [m.as_dict() for m in history]}, out_dir / LAST)
     if best_epoch(history) is latest:
         save_atomic(best, out_dir / BEST)
 
@@ -73,9 +75,12 @@ def resume(setup: TrialSetup, out_dir: Path) -> list[dict[str, Any]]:
         setup.ema.load_state_dict({"module": ckpt["model"], "updates": ckpt["ema_updates"]})
     setup.optimizer.load_state_dict(ckpt["optimizer"])
     setup.scheduler.load_state_dict(ckpt["scheduler"])
-    restore_rng_state(ckpt["rng"], setup.generator)
+    history = list(ckpt["history"])
+    if not restore_rng_state(ckpt["rng"], setup.generator):
+        log.warning("%s was written on another device type: augmentation continues from a new seed", path)
+        setup.generator.manual_seed(setup.cfg.seed + len(history))
     _repair_best(out_dir, ckpt)
-    return list(ckpt["history"])
+    return history
 
 
 def _repair_best(out_dir: Path, last: dict[str, Any]) -> None:

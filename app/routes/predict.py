@@ -18,7 +18,7 @@ from app.predictor import ModelUnavailable, NoModel
 from app.problems import Problem
 from app.routes.jobs import INT64_MAX
 from app.schemas import problem_responses
-from app.schemas.predict import PredictJSON, PredictOut
+from app.schemas.predict import PREDICT_JSON_EXAMPLE, PredictJSON, PredictOut
 from app.settings import Settings
 
 router = APIRouter(tags=["predict"])
@@ -34,9 +34,10 @@ _REQUEST_BODY = {
                 "type": "object",
                 "properties": {"file": {"type": "array", "items": {"type": "string", "format": "binary"}}},
                 "required": ["file"],
-            }
+            },
+            "example": {"file": ["<a 32x32 PNG or JPEG file>"]},
         },
-        "application/json": {"schema": PredictJSON.model_json_schema()},
+        "application/json": {"schema": PredictJSON.model_json_schema(), "example": PREDICT_JSON_EXAMPLE},
     },
 }
 
@@ -75,16 +76,12 @@ async def read_images(request: Request, settings: Settings) -> list[bytes]:
     if not body:
         raise Problem(422, "Empty body", 'send images as multipart `file` parts or JSON {"images": [...]}')
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type == "multipart/form-data":
-        images = await _multipart_files(request, body, settings.max_images_per_request)
-    elif content_type == "application/json" or content_type.endswith("+json"):
-        images = await asyncio.to_thread(_json_images, body)  # parsing megabytes must not stall the loop
-    else:
-        raise Problem(
-            415, "Unsupported body", f"Content-Type {content_type or 'none'}: use multipart or JSON"
-        )
-    _check_count(len(images), settings.max_images_per_request)
-    return images
+    if content_type == "multipart/form-data":  # the parser enforces the image count
+        return await _multipart_files(request, body, settings.max_images_per_request)
+    if content_type == "application/json" or content_type.endswith("+json"):
+        # Parsing megabytes of JSON and base64 must not stall the event loop.
+        return await asyncio.to_thread(_json_images, body, settings.max_images_per_request)
+    raise Problem(415, "Unsupported body", f"Content-Type {content_type or 'none'}: use multipart or JSON")
 
 
 async def read_capped_body(request: Request, limit: int) -> bytes:
@@ -126,14 +123,11 @@ async def _multipart_files(request: Request, body: bytes, max_images: int) -> li
         await form.close()
 
 
-def _json_images(body: bytes) -> list[bytes]:
+def _json_images(body: bytes, max_images: int) -> list[bytes]:
     try:
         texts = PredictJSON.model_validate_json(body).images
     except ValidationError as exc:
         raise RequestValidationError(exc.errors(include_url=False)) from None
+    if len(texts) > max_images:
+        raise Problem(413, "Too many images", f"{len(texts)} images sent; at most {max_images} per request")
     return [decode_base64(text, index) for index, text in enumerate(texts)]
-
-
-def _check_count(count: int, limit: int) -> None:
-    if count > limit:
-        raise Problem(413, "Too many images", f"{count} images sent; at most {limit} per request")

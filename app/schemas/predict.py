@@ -6,6 +6,13 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app.schemas.jobs import Fraction
 
+# A 32x32 grey-blue PNG: the documented example is a request that really succeeds.
+EXAMPLE_PNG_BASE64 = (
+    "iVBORw0KGgoAAAANSUhEUgAAACAAAAAgCAIAAAD8GO2jAAAAK0lEQVR42u3NQQEAQAQAMC61EEKIeiX4bQWW1ROXXhwTCAQCgUAgEAgE"
+    "Wz5yawHkReRdigAAAABJRU5ErkJggg=="
+)
+PREDICT_JSON_EXAMPLE = {"images": [EXAMPLE_PNG_BASE64]}
+
 
 class PredictJSON(BaseModel):
     """The JSON form of a request; multipart with `file` parts is the other."""

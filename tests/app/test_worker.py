@@ -25,6 +25,7 @@ from app.models import EpochMetric, Job, RegisteredModel, Trial, Worker
 from app.queue import Claim, cancel_job, claim_trial, submit_job
 from app.settings import Settings
 from app.worker import LeaseKeeper, describe_error, retry_db, run_worker, trial_dir
+from ml.checkpoint import load_checkpoint
 from ml.config import JobSpec
 from ml.data import load_dataset, make_splits
 from ml.train import EpochMetrics, TrialHooks, TrialResult, run_trial
@@ -253,7 +254,7 @@ def test_worker_process_trains_a_two_trial_job(
     data_dir: Path,
     tmp_path: Path,
 ) -> None:
-    job_id, trial_ids = submit_job_of(2, seeds=(0, 1))
+    job_id, trial_ids = submit_job_of(1, seeds=(0, 1))
     settings = worker_settings(data_dir=data_dir)
     log_file = tmp_path / "worker.log"
     log = _finish(_start_worker(settings, log_file, "--max-trials", "2"), log_file)
@@ -266,8 +267,8 @@ def test_worker_process_trains_a_two_trial_job(
         assert trial is not None and trial.status == "succeeded", trial and trial.error
         assert trial.val_accuracy is not None and trial.val_accuracy >= 0.5  # chance is 0.1
         assert trial.test_accuracy is not None and trial.test_accuracy >= 0.5
-        assert (trial.attempts, trial.epoch) == (1, 2)
-        assert [m.epoch for m in _epochs(factory, trial.id)] == [1, 2]
+        assert (trial.attempts, trial.epoch, trial.best_epoch) == (1, 1, 1)
+        assert [m.epoch for m in _epochs(factory, trial.id)] == [1]
         model = models[trial.id]
         assert (model.epoch, model.val_accuracy, model.arch) == (
             trial.best_epoch,
@@ -380,18 +381,9 @@ def test_cancel_stops_a_running_trial_at_the_next_epoch_boundary(
     one_thread: None,
 ) -> None:
     job_id, [trial_id] = submit_job_of(2)
-    errors: list[BaseException] = []
-
-    def work() -> None:
-        try:
-            run_worker(worker_settings(data_dir=data_dir), max_trials=1)
-        except BaseException as exc:
-            errors.append(exc)
-
-    thread = threading.Thread(target=work)
-    thread.start()
+    thread, errors = _worker_thread(worker_settings(data_dir=data_dir))
     try:
-        _wait_for(lambda: len(_epochs(factory, trial_id)) >= 1 or not thread.is_alive(), None, None)
+        _wait_for(lambda: _trial(factory, trial_id).status == "running" or not thread.is_alive(), None, None)
         with transaction(factory) as session:
             running = session.get(Trial, trial_id, with_for_update=True)  # no epoch lands in between
             assert running is not None and running.status == "running"
@@ -410,6 +402,53 @@ def test_cancel_stops_a_running_trial_at_the_next_epoch_boundary(
 
 
 @pytest.mark.slow
+def test_a_worker_that_lost_its_lease_stops_and_writes_nothing(
+    factory: sessionmaker[Session],
+    submit_job_of: Submit,
+    worker_settings: Callable[..., Settings],
+    expire_lease: Callable[[int], None],
+    data_dir: Path,
+    one_thread: None,
+) -> None:
+    job_id, [trial_id] = submit_job_of(3)
+    settings = worker_settings(data_dir=data_dir, heartbeat_seconds=0.2)
+    thread, errors = _worker_thread(settings)
+    try:
+        _wait_for(lambda: _trial(factory, trial_id).status == "running" or not thread.is_alive(), None, None)
+        # The worker looks dead to the queue (e.g. it was paused): its lease runs out and it is reclaimed.
+        expire_lease(trial_id)
+        with transaction(factory) as session:
+            thief = claim_trial(session, "thief", 60.0)
+        rows_when_stolen = [(row.epoch, row.attempt) for row in _epochs(factory, trial_id)]
+    finally:
+        thread.join(timeout=TRAIN_TIMEOUT_S)
+    assert not thread.is_alive() and errors == []
+    assert thief is not None and thief.attempt == 2
+    trial = _trial(factory, trial_id)
+    assert (trial.status, trial.worker_id, trial.attempts, trial.error) == ("running", "thief", 2, None)
+    assert [(row.epoch, row.attempt) for row in _epochs(factory, trial_id)] == rows_when_stolen
+    last_pt = trial_dir(settings.artifacts_dir, job_id, trial_id) / "last.pt"
+    trained = len(load_checkpoint(last_pt)["history"]) if last_pt.exists() else 0
+    assert trained <= 1, "the worker trained on after losing its lease"
+
+
+def _worker_thread(settings: Settings) -> tuple[threading.Thread, list[BaseException]]:
+    """run_worker(settings, max_trials=1) in a thread of this process; errors are collected."""
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            run_worker(settings, max_trials=1)
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    return thread, errors
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # signal handling; the database plays no part
 def test_sigterm_stops_the_worker_without_writing_the_trial_off(
     factory: sessionmaker[Session],
     submit_job_of: Submit,
@@ -422,7 +461,7 @@ def test_sigterm_stops_the_worker_without_writing_the_trial_off(
     log_file = tmp_path / "worker.log"
     proc = _start_worker(settings, log_file)
     try:
-        _wait_for(lambda: len(_epochs(factory, trial_id)) >= 1, proc, log_file)
+        _wait_for(lambda: _trial(factory, trial_id).status == "running", proc, log_file)
         proc.send_signal(signal.SIGTERM)
     finally:
         _finish(proc, log_file)

@@ -68,3 +68,13 @@ def test_environment_record_is_plain_and_complete() -> None:
     assert record["precision"] in ("bf16", "fp32") and record["python"].count(".") == 2
     assert record["git_sha"] is None or len(record["git_sha"]) == 40
     assert all(type(v) in (str, int, float, bool, list, type(None)) for v in record.values())
+
+
+def test_generator_state_from_another_device_type_is_not_applied() -> None:
+    generator = torch.Generator().manual_seed(5)
+    state = rng_state(generator)
+    state["data_generator_device"] = "cuda"  # as written by a GPU worker
+    expected_cpu = torch.rand(2)
+    torch.manual_seed(1)
+    assert restore_rng_state(state, generator) is False
+    assert torch.equal(torch.rand(2), expected_cpu)  # the other streams are still restored

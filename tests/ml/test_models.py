@@ -93,3 +93,13 @@ def test_unwrap_sees_through_data_parallel() -> None:
     net = build_model(TrainConfig(arch="resnet18_imagenet"))
     assert unwrap(nn.DataParallel(net)) is net
     assert unwrap(net) is net
+
+
+def test_global_pool_matches_torchvisions_adaptive_pool() -> None:
+    torch.manual_seed(0)
+    ours = build_model(TrainConfig(arch="resnet18_imagenet")).eval()
+    reference = resnet18(num_classes=10).eval()
+    reference.load_state_dict(ours.state_dict())  # same weights, torchvision's AdaptiveAvgPool2d
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(ours(x), reference(x), atol=1e-5)

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ml.config import TrainConfig
-from ml.optim import build_optimizer, build_scheduler, lr_factor
+from ml.optim import SmoothedCrossEntropy, build_optimizer, build_scheduler, lr_factor
 
 
 def _lrs(cfg: TrainConfig, steps_per_epoch: int) -> list[float]:
@@ -70,3 +70,15 @@ def test_adamw() -> None:
     optimizer = build_optimizer(nn.Linear(2, 2), TrainConfig(optimizer="adamw", lr=1e-3, weight_decay=0.05))
     assert isinstance(optimizer, torch.optim.AdamW)
     assert optimizer.param_groups[0]["weight_decay"] == 0.05
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1, 0.3])
+def test_smoothed_cross_entropy_equals_torchs(smoothing: float) -> None:
+    logits = torch.randn(6, 10, requires_grad=True)
+    labels = torch.randint(0, 10, (6,))
+    ours = SmoothedCrossEntropy(smoothing)(logits, labels)
+    theirs = nn.CrossEntropyLoss(label_smoothing=smoothing)(logits, labels)
+    assert torch.allclose(ours, theirs, atol=1e-6)
+    (grad_ours,) = torch.autograd.grad(ours, logits)
+    (grad_theirs,) = torch.autograd.grad(theirs, logits)
+    assert torch.allclose(grad_ours, grad_theirs, atol=1e-6)

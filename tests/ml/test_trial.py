@@ -267,3 +267,24 @@ def test_many_trials_in_one_process_do_not_grow_memory(micro_splits: Splits, tmp
     assert growth < 40 * 2**20, [rss // 2**20 for rss, _ in readings]
     if cuda:
         assert max(gpu for _, gpu in readings[3:]) <= warm_gpu * 1.05 + 2**20
+
+
+def test_compiled_trial_reports_compile_time_apart(
+    micro_splits: Splits, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Dynamo's real graph capture with the eager backend: inductor's C++ code generation takes
+    # minutes on two cores, and its correctness is PyTorch's to test, not ours.
+    compile_calls = []
+
+    def eager_compile(module: torch.nn.Module, **kwargs: Any) -> Any:
+        compile_calls.append(module)
+        return torch._dynamo.optimize("eager")(module)
+
+    monkeypatch.setattr(torch, "compile", eager_compile)
+    cfg = TrainConfig(arch="resnet18_imagenet", epochs=1, batch_size=10, ema_decay=0.9, compile=True)
+    result = run_trial(cfg, micro_splits, tmp_path, device_ids=[])
+    assert len(compile_calls) == 2  # the trained network and its EMA copy
+    assert result.environment["compiled"] is True and result.environment["compile_seconds"] > 0
+    assert result.status == "succeeded" and result.test_accuracy is not None
+    model, _ = load_for_inference(tmp_path / "best.pt", "cpu")  # no _orig_mod. prefixes in the weights
+    assert not model.training

@@ -168,6 +168,8 @@ def _log_access(scope: Scope, status: int, seconds: float) -> None:
     query = scope.get("query_string", b"").decode("latin-1")
     path = scope["path"] + (f"?{query}" if query else "")
     level = logging.ERROR if status >= 500 else logging.INFO
+    if status == 503:
+        level = logging.WARNING  # not ready, overloaded or no model yet: states, not faults
     if status < 400 and scope["path"] in QUIET_PATHS:
         level = logging.DEBUG  # probes and scrapes every few seconds would drown the rest
     access_log.log(level, "%s %s %d %.1f ms", scope["method"], path, status, seconds * 1000)

@@ -349,14 +349,13 @@ def _first_line(exc: BaseException) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
-def _gpu_list(text: str) -> list[int]:
-    return [int(part) for part in text.split(",") if part.strip()]
-
-
 def main(argv: list[str] | None = None) -> None:
+    """`python -m app.worker`: `sweepserve worker` plus --max-trials (for tests and batch runs)."""
+    from app.cli import gpu_list  # the CLI's parser, so both spell --gpus the same way
+
     parser = argparse.ArgumentParser(prog="python -m app.worker", description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--gpus", type=_gpu_list, default=None, help="CUDA ids, e.g. 0,1; '' = CPU; default all"
+        "--gpus", type=gpu_list, default=None, help="CUDA ids, e.g. 0,1; '' = CPU; default all"
     )
     parser.add_argument("--max-trials", type=int, default=None, help="exit after this many trials")
     args = parser.parse_args(argv)

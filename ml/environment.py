@@ -46,14 +46,15 @@ def select_runtime(cfg: TrainConfig, device_ids: list[int] | None) -> Runtime:
         ids = ids[:1]
     parallel = "dataparallel" if len(ids) > 1 else "none"
     device = torch.device("cuda", ids[0]) if ids else torch.device("cpu")
-    return Runtime(device, tuple(ids), parallel, _precision(cfg.precision, device))
+    return Runtime(device, tuple(ids), parallel, precision_for(cfg.precision, device))
 
 
 def _visible_cuda_devices() -> list[int]:
     return list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
 
 
-def _precision(requested: str, device: torch.device) -> str:
+def precision_for(requested: str, device: torch.device) -> str:
+    """What a TrainConfig.precision means on `device`: "bf16" or "fp32"."""
     if requested != "auto":
         return requested
     if device.type == "cuda":

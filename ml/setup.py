@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -41,9 +41,12 @@ class TrialSetup:
     val_y: torch.Tensor
     test_x: torch.Tensor
     test_y: torch.Tensor
-    runner: nn.Module | None = None  # net as trained: maybe DataParallel or compiled
-    eval_runner: nn.Module | None = None  # eval_net as evaluated, likewise wrapped
+    runner: nn.Module = field(init=False)  # net as trained: wrapped by `wrap` for DataParallel/compile
+    eval_runner: nn.Module = field(init=False)  # eval_net as evaluated, likewise
     compiled: bool = False
+
+    def __post_init__(self) -> None:
+        self.runner, self.eval_runner = self.net, self.eval_net
 
     @property
     def eval_net(self) -> nn.Module:
@@ -51,8 +54,7 @@ class TrialSetup:
         return self.ema.module if self.ema is not None else self.net
 
     def wrap(self) -> float | None:
-        """Set runner/eval_runner; returns the seconds spent compiling (None when not compiled)."""
-        self.runner, self.eval_runner = self.net, self.eval_net
+        """Wrap runner/eval_runner; returns the seconds spent compiling (None when not compiled)."""
         if self.runtime.parallel == "dataparallel":
             ids = list(self.runtime.device_ids)
             self.runner = nn.DataParallel(self.net, device_ids=ids)
@@ -84,8 +86,11 @@ class TrialSetup:
         self.optimizer.zero_grad(set_to_none=True)
         self.net.load_state_dict(saved)
         m = min(self.cfg.batch_size, len(self.val_y))
-        evaluate(self.eval_runner, self.val_x[:m], self.val_y[:m], m, MEAN, STD, self.cfg.tta,
-                 self.cfg.channels_last, self.runtime.precision)  # fmt: skip
+        cfg = self.cfg
+        x_val, y_val = self.val_x[:m], self.val_y[:m]
+        evaluate(
+            self.eval_runner, x_val, y_val, m, MEAN, STD, cfg.tta, cfg.channels_last, self.runtime.precision
+        )
         if self.runtime.device.type == "cuda":
             torch.cuda.synchronize(self.runtime.device)
         return time.perf_counter() - start

@@ -32,7 +32,7 @@ from app.settings import Settings
 from tests.live_server import serve
 from tests.serving import register_model
 
-EXAMPLES = int(os.environ.get("SWEEPSERVE_FUZZ_EXAMPLES", "10"))  # per operation and mode
+EXAMPLES = int(os.environ.get("SWEEPSERVE_FUZZ_EXAMPLES", "20"))  # per operation and mode
 RANDOM = bool(os.environ.get("SWEEPSERVE_FUZZ_RANDOM"))
 CHECKS = [not_a_server_error, response_schema_conformance]
 

@@ -25,7 +25,6 @@ from app.models import EpochMetric, Job, RegisteredModel, Trial, Worker
 from app.queue import Claim, cancel_job, claim_trial, submit_job
 from app.settings import Settings
 from app.worker import LeaseKeeper, describe_error, retry_db, run_worker, trial_dir
-from ml.checkpoint import load_checkpoint
 from ml.config import JobSpec
 from ml.data import load_dataset, make_splits
 from ml.train import EpochMetrics, TrialHooks, TrialResult, run_trial
@@ -427,9 +426,8 @@ def test_a_worker_that_lost_its_lease_stops_and_writes_nothing(
     trial = _trial(factory, trial_id)
     assert (trial.status, trial.worker_id, trial.attempts, trial.error) == ("running", "thief", 2, None)
     assert [(row.epoch, row.attempt) for row in _epochs(factory, trial_id)] == rows_when_stolen
-    last_pt = trial_dir(settings.artifacts_dir, job_id, trial_id) / "last.pt"
-    trained = len(load_checkpoint(last_pt)["history"]) if last_pt.exists() else 0
-    assert trained <= 1, "the worker trained on after losing its lease"
+    # Stolen before its first epoch could end: the lease keeper, not a refused epoch write, stopped it.
+    assert not (trial_dir(settings.artifacts_dir, job_id, trial_id) / "last.pt").exists()
 
 
 def _worker_thread(settings: Settings) -> tuple[threading.Thread, list[BaseException]]:

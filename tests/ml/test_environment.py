@@ -26,9 +26,15 @@ def test_empty_device_list_means_cpu_and_cuda_ids_need_cuda() -> None:
             select_runtime(TrainConfig(), [0])
 
 
-@pytest.mark.parametrize(("fast_bf16", "requested", "expected"), [
-    (True, "auto", "bf16"), (False, "auto", "fp32"), (False, "bf16", "bf16"), (True, "fp32", "fp32"),
-])  # fmt: skip
+CPU_PRECISIONS = [
+    (True, "auto", "bf16"),
+    (False, "auto", "fp32"),
+    (False, "bf16", "bf16"),
+    (True, "fp32", "fp32"),
+]
+
+
+@pytest.mark.parametrize(("fast_bf16", "requested", "expected"), CPU_PRECISIONS)
 def test_cpu_precision(
     monkeypatch: pytest.MonkeyPatch, fast_bf16: bool, requested: str, expected: str
 ) -> None:

@@ -25,7 +25,7 @@ bearer = HTTPBearer(
 REALM = "sweepserve"
 
 
-def require_api_key(
+async def require_api_key(  # async: no I/O, so no worker-thread round trip per request
     request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 ) -> None:
     expected: str | None = request.app.state.settings.api_key

@@ -13,12 +13,14 @@ import asyncio
 import contextlib
 import logging
 import math
+import os
 from collections import defaultdict
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 
 from app.inference import LoadedModel, predict_proba
 from app.metrics import observe_batch
@@ -44,12 +46,17 @@ class _Item:
 
 
 class DynamicBatcher:
-    def __init__(self, max_batch_size: int, max_delay_s: float, max_queue: int) -> None:
+    def __init__(self, max_batch_size: int, max_delay_s: float, max_queue: int, threads: int = 0) -> None:
         self.max_batch_size, self.max_delay_s, self.max_queue = max_batch_size, max_delay_s, max_queue
         self.forward_passes = 0  # batches run so far: one per (model, tta) in each gathered batch
         self.images_done = 0
         self._queue: asyncio.Queue[_Item] = asyncio.Queue()
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="inference")
+        self._executor = ThreadPoolExecutor(
+            1,
+            thread_name_prefix="inference",
+            initializer=torch.set_num_threads,
+            initargs=(_threads(threads),),
+        )
         self._task: asyncio.Task[None] | None = None
         self._seconds_per_image = 0.005  # running estimate, for Retry-After
         self._arriving = 0  # images of requests still decoding: worth waiting for
@@ -130,6 +137,13 @@ class DynamicBatcher:
         self.forward_passes += passes
         self.images_done += images
         self._seconds_per_image = 0.8 * self._seconds_per_image + 0.2 * seconds / max(images, 1)
+
+
+def _threads(requested: int) -> int:
+    # One core is left to the event loop (HTTP, decoding): an intra-op pool that takes every core
+    # makes both wait on each other. The setting applies to the inference thread only (per-thread
+    # OpenMP state), not to the rest of the process.
+    return requested or max(1, (os.cpu_count() or 2) - 1)
 
 
 Result = np.ndarray | BaseException

@@ -14,7 +14,9 @@ if TYPE_CHECKING:
     from app.predictor import Predictor
 
 
-def get_app_settings(request: Request) -> Settings:
+# async although they only read app.state: FastAPI runs a plain `def` dependency in a worker
+# thread, a round trip per request that /predict's latency under load pays for.
+async def get_app_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
@@ -23,7 +25,7 @@ def get_session(request: Request) -> Iterator[Session]:
         yield session
 
 
-def get_predictor(request: Request) -> Predictor:
+async def get_predictor(request: Request) -> Predictor:
     return request.app.state.predictor
 
 

@@ -41,7 +41,10 @@ class Predictor:
         self._sessions = session_factory
         self._device = pick_device()
         self._batcher = DynamicBatcher(
-            settings.max_batch_size, settings.max_delay_ms / 1000, settings.max_queue
+            settings.max_batch_size,
+            settings.max_delay_ms / 1000,
+            settings.max_queue,
+            settings.inference_threads,
         )
         self._active: LoadedModel | None = None
         self._cache: OrderedDict[int, LoadedModel] = OrderedDict()  # LRU, most recent last

@@ -34,6 +34,7 @@ class Settings(BaseSettings):
     max_delay_ms: float = Field(5.0, ge=0)  # longest wait to fill a batch
     max_queue: int = Field(1024, ge=1)  # pending images before 503 + Retry-After
     model_cache_size: int = Field(3, ge=1)  # loaded models kept for ?model_id=
+    inference_threads: int = Field(0, ge=0)  # torch threads of /predict's forward; 0 = all cores but one
 
     # logs
     log_json: bool = False

@@ -25,7 +25,7 @@ REPO_DIR = Path(__file__).resolve().parent.parent
 class Runtime:
     device: torch.device
     device_ids: tuple[int, ...]  # CUDA devices used; () on the CPU
-    parallel: str  # "none" or "dataparallel"
+    parallel: str  # "none", "dataparallel" or "ddp" (then `device` is this rank's)
     precision: str  # "bf16" or "fp32": what autocast actually does
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
@@ -35,18 +35,24 @@ class Runtime:
 def select_runtime(cfg: TrainConfig, device_ids: list[int] | None) -> Runtime:
     """device_ids None = every visible CUDA device, or the CPU when there is none; [] = the CPU."""
     if cfg.parallel == "ddp":
-        raise NotImplementedError(
-            "parallel='ddp' is not implemented yet; "
-            "use 'dataparallel' (or 'auto') for several GPUs in one process"
+        raise ValueError(
+            "parallel='ddp' runs one process per device, not in this process: "
+            "ml.train.run_trial hands it to ml.distributed"
         )
-    ids = _visible_cuda_devices() if device_ids is None else list(device_ids)
-    if ids and not torch.cuda.is_available():
-        raise ValueError(f"device_ids {ids} given but CUDA is not available")
+    ids = cuda_devices(device_ids)
     if cfg.parallel == "none":
         ids = ids[:1]
     parallel = "dataparallel" if len(ids) > 1 else "none"
     device = torch.device("cuda", ids[0]) if ids else torch.device("cpu")
     return Runtime(device, tuple(ids), parallel, precision_for(cfg.precision, device))
+
+
+def cuda_devices(device_ids: list[int] | None) -> list[int]:
+    """The CUDA ids a trial asks for: None = every visible one (none without CUDA); [] = none, the CPU."""
+    ids = _visible_cuda_devices() if device_ids is None else list(device_ids)
+    if ids and not torch.cuda.is_available():
+        raise ValueError(f"device_ids {ids} given but CUDA is not available")
+    return ids
 
 
 def _visible_cuda_devices() -> list[int]:

@@ -1,6 +1,6 @@
 """Everything a trial trains with, built from its config: network, EMA, optimiser, schedule,
 augmentation generator and the splits moved once to the device; plus the DataParallel /
-torch.compile wrappers used to run them."""
+DistributedDataParallel / torch.compile wrappers used to run them."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.optim.lr_scheduler import LambdaLR
 
 from ml.augment import steps_per_epoch
@@ -64,10 +65,18 @@ class TrialSetup:
             if self.cfg.compile:
                 log.warning("compile ignored: torch.compile does not support nn.DataParallel")
             return None
+        if self.runtime.parallel == "ddp":
+            # Evaluation keeps the bare network: DDP's forward broadcasts buffers, a collective
+            # that ranks evaluating shards of unequal size would not all join.
+            device = self.runtime.device
+            self.runner = DistributedDataParallel(
+                self.net, device_ids=[device.index] if device.type == "cuda" else None
+            )
         if not self.cfg.compile:
             return None
-        self.runner = torch.compile(self.net)
-        self.eval_runner = self.runner if self.ema is None else torch.compile(self.eval_net)
+        trained = self.runner
+        self.runner = torch.compile(trained)
+        self.eval_runner = self.runner if self.eval_runner is trained else torch.compile(self.eval_net)
         self.compiled = True
         return self._warm_up()
 

@@ -2,12 +2,14 @@
 
 `train_one_epoch` and `ml.evaluate.evaluate` are the two building blocks (torchvision-reference
 style); `run_trial` puts them together for a single process on the CPU, one GPU or several GPUs
-with DataParallel. A DDP path would reuse both with its own sampler and process group.
+with DataParallel. parallel="ddp" goes to `ml.distributed`, whose processes run the same loop
+(`train_process`) as members of a `Team`.
 """
 
 from __future__ import annotations
 
 import enum
+import functools
 import gc
 import logging
 import time
@@ -92,6 +94,33 @@ class EpochTrain:
     lr: float
 
 
+Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
+Measure = Callable[[torch.Tensor, torch.Tensor], tuple[float, float]]
+
+
+class Team:
+    """The processes that train one trial together. This base class is a team of one, the usual
+    case; `ml.distributed.DistributedTeam` (parallel="ddp") overrides each step for one process
+    per device."""
+
+    leader = True  # writes the checkpoints
+
+    def resume(self, setup: TrialSetup, out_dir: Path) -> list[dict[str, Any]]:
+        return trial_state.resume(setup, out_dir)
+
+    def shard(self, batches: Batches) -> Batches:
+        """This process's part of each batch of the epoch."""
+        return batches
+
+    def gather(self, done: EpochTrain, setup: TrialSetup) -> EpochTrain:
+        """The training pass's metrics over the whole team, and its weights ready to evaluate."""
+        return done
+
+    def evaluate(self, measure: Measure, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+        """(loss, accuracy) of `measure` over all of x, y, the work shared across the team."""
+        return measure(x, y)
+
+
 def run_trial(
     cfg: TrainConfig,
     splits: Splits,
@@ -107,24 +136,47 @@ def run_trial(
     device_ids: None = every visible GPU (DataParallel when several) or the CPU; [] = the CPU.
     metadata: plain values stored in every checkpoint (e.g. job and trial ids).
     allow_download: whether pretrained ImageNet weights may be fetched.
-    Raises FloatingPointError on a NaN loss, TrialAborted, WeightsUnavailable, NotImplementedError (ddp).
+    With parallel="ddp", one process per device trains (see ml.distributed) and this one relays hooks.
+    Raises FloatingPointError on a NaN loss, TrialAborted, WeightsUnavailable.
     """
     hooks = hooks or TrialHooks()
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.parallel == "ddp":
+        from ml.distributed import run_ddp_trial  # late: ml.distributed builds on this module
+
+        return run_ddp_trial(
+            cfg, splits, out_dir, hooks, device_ids, metadata or {}, allow_download=allow_download
+        )
     runtime = select_runtime(cfg, device_ids)
+    return train_process(cfg, splits, out_dir, hooks, runtime, metadata or {}, allow_download, Team())
+
+
+def train_process(
+    cfg: TrainConfig,
+    splits: Splits,
+    out_dir: Path,
+    hooks: TrialHooks,
+    runtime: Runtime,
+    metadata: dict[str, Any],
+    allow_download: bool,
+    team: Team,
+) -> TrialResult:
+    """This process's part of a trial on `runtime`, as a member of `team` (see run_trial)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
     try:
         with determinism(cfg.deterministic, runtime.device):
             seed_everything(cfg.seed)
             setup = build_setup(cfg, splits, runtime, allow_download)
-            return _train(setup, out_dir, hooks, metadata or {})
+            return _train(setup, out_dir, hooks, metadata, team)
     finally:
         _release_memory(runtime.device, cfg.compile)
 
 
-def _train(setup: TrialSetup, out_dir: Path, hooks: TrialHooks, metadata: dict[str, Any]) -> TrialResult:
+def _train(
+    setup: TrialSetup, out_dir: Path, hooks: TrialHooks, metadata: dict[str, Any], team: Team
+) -> TrialResult:
     cfg = setup.cfg
-    history = [EpochMetrics(**m) for m in trial_state.resume(setup, out_dir)]
+    history = [EpochMetrics(**m) for m in team.resume(setup, out_dir)]
     if history:
         log.info("resuming %s after epoch %d", out_dir, len(history))
         hooks.restored(list(history))
@@ -134,17 +186,18 @@ def _train(setup: TrialSetup, out_dir: Path, hooks: TrialHooks, metadata: dict[s
     for epoch in range(len(history) + 1, cfg.epochs + 1):
         if hooks.should_stop():
             raise TrialAborted(f"stopped before epoch {epoch}: should_stop() returned True")
-        metrics = _run_epoch(setup, epoch, hooks.should_stop)
+        metrics = _run_epoch(setup, epoch, hooks.should_stop, team)
         history.append(metrics)
-        trial_state.save(setup, out_dir, history, {"environment": environment, **metadata})
+        if team.leader:
+            trial_state.save(setup, out_dir, history, {"environment": environment, **metadata})
         decision = hooks.epoch_end(metrics, list(history)) or Decision.CONTINUE
         if decision is not Decision.CONTINUE:
             status = "pruned" if decision is Decision.PRUNE else "cancelled"
             break
-    return _result(setup, out_dir, status, history, environment)
+    return _result(setup, out_dir, status, history, environment, team)
 
 
-def _run_epoch(setup: TrialSetup, epoch: int, should_stop: Callable[[], bool]) -> EpochMetrics:
+def _run_epoch(setup: TrialSetup, epoch: int, should_stop: Callable[[], bool], team: Team) -> EpochMetrics:
     cfg = setup.cfg
     start = time.perf_counter()
     batches = train_batches(
@@ -161,15 +214,16 @@ def _run_epoch(setup: TrialSetup, epoch: int, should_stop: Callable[[], bool]) -
         setup.runner,
         setup.optimizer,
         setup.scheduler,
-        batches,
+        team.shard(batches),
         criterion=setup.criterion,
         epoch=epoch,
         runtime=setup.runtime,
         ema_update=setup.ema.update if setup.ema else None,
         should_stop=should_stop,
     )
+    done = team.gather(done, setup)
     train_seconds = time.perf_counter() - start
-    val_loss, val_accuracy = _evaluate(setup, setup.val_x, setup.val_y)
+    val_loss, val_accuracy = _evaluate(setup, setup.val_x, setup.val_y, team)
     seconds = time.perf_counter() - start
     log.info("epoch %d/%d: val accuracy %.4f, %.1f s", epoch, cfg.epochs, val_accuracy, seconds)
     return EpochMetrics(
@@ -237,7 +291,11 @@ def _check_finite(losses: list[torch.Tensor], start: int, epoch: int) -> int:
     return len(losses)
 
 
-def _evaluate(setup: TrialSetup, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+def _evaluate(setup: TrialSetup, x: torch.Tensor, y: torch.Tensor, team: Team) -> tuple[float, float]:
+    return team.evaluate(functools.partial(_measure, setup), x, y)
+
+
+def _measure(setup: TrialSetup, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
     cfg = setup.cfg
     return evaluate(
         setup.eval_runner,
@@ -258,13 +316,14 @@ def _result(
     status: Literal["succeeded", "pruned", "cancelled"],
     history: list[EpochMetrics],
     environment: dict[str, Any],
+    team: Team,
 ) -> TrialResult:
     best = trial_state.best_epoch(history)
     best_path = out_dir / trial_state.BEST if best is not None else None
     test_accuracy = None
     if status != "cancelled" and best_path is not None:
         trial_state.load_best_weights(setup, best_path)
-        test_accuracy = _evaluate(setup, setup.test_x, setup.test_y)[1]
+        test_accuracy = _evaluate(setup, setup.test_x, setup.test_y, team)[1]
     return TrialResult(
         status,
         history,

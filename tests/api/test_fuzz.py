@@ -81,6 +81,8 @@ def fuzzed(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
     app = create_app(app_settings)
     with serve(app) as url:
         yield Fuzzed(app, schemathesis.openapi.from_url(f"{url}/openapi.json"))
+        with transaction(app.state.session_factory) as session:
+            session.execute(delete(Job))  # the database outlives this module: leave no fuzzed rows behind
 
 
 def serve_a_model(app: FastAPI) -> None:

@@ -24,10 +24,17 @@ from app.main import create_app
 from app.models import Worker
 from app.settings import Settings
 from tests.live_server import serve
+from tests.log_state import preserved_logging
 from tests.serving import png_files, register_model
 from tests.sweep_rows import advance, start_trial, write_sweep
 
 KEY = "k3y"
+
+
+@pytest.fixture(autouse=True)
+def restore_logging() -> Iterator[None]:
+    with preserved_logging():  # app.cli.main configures logging onto pytest's captured stderr
+        yield
 
 
 @pytest.fixture

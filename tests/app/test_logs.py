@@ -18,20 +18,15 @@ from fastapi.testclient import TestClient
 from app.logs import configure_logging, log_context, request_id_from
 from app.main import create_app
 from app.settings import Settings
+from tests.log_state import preserved_logging
 
 test_log = logging.getLogger("sweepserve.test")
 
 
 @pytest.fixture
 def restore_logging() -> Iterator[None]:
-    """configure_logging rewires the root logger; put pytest's handlers back afterwards."""
-    root = logging.getLogger()
-    saved = (list(root.handlers), root.level)
-    uvicorn_access = logging.getLogger("uvicorn.access").disabled
-    yield
-    root.handlers[:] = saved[0]
-    root.setLevel(saved[1])
-    logging.getLogger("uvicorn.access").disabled = uvicorn_access
+    with preserved_logging():
+        yield
 
 
 def settings_for(tmp_path: Path, **overrides: object) -> Settings:

@@ -13,8 +13,8 @@ from ml.config import TrainConfig
 from ml.environment import describe, determinism, restore_rng_state, rng_state, select_runtime
 
 
-def test_ddp_is_not_implemented_yet() -> None:
-    with pytest.raises(NotImplementedError, match="ddp"):
+def test_ddp_is_not_a_single_process_runtime() -> None:
+    with pytest.raises(ValueError, match="ml.distributed"):  # run_trial dispatches ddp before this
         select_runtime(TrainConfig(parallel="ddp"), None)
 
 

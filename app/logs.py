@@ -32,6 +32,7 @@ REQUEST_ID_HEADER = "X-Request-ID"
 SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}")
 CONTEXT_FIELDS = ("request_id", "job_id", "trial_id", "worker_id")
 QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+QUIET_LOGGERS = ("httpx", "httpcore", "alembic.runtime.plugins")
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 _log_fields: ContextVar[Mapping[str, Any]] = ContextVar("sweepserve_log_fields", default=_EMPTY)
@@ -119,6 +120,8 @@ def configure_logging(settings: Settings, stream: Any = None) -> None:
         uvicorn_logger.propagate = True
     # Our access line has the request id and latency; uvicorn's would only repeat it without them.
     logging.getLogger("uvicorn.access").disabled = True
+    for chatty in QUIET_LOGGERS:  # one INFO line per CLI request, per Alembic plugin loaded
+        logging.getLogger(chatty).setLevel(max(logging.WARNING, root.level))
 
 
 # --- request ids -----------------------------------------------------------------------------

@@ -164,9 +164,9 @@ def check_local_worker(settings: Settings, hostname: str | None = None) -> tuple
     finally:
         engine.dispose()
     if not beats:
-        return False, f"no worker on {hostname} has heartbeat in the last {limit:.0f} s"
+        return False, f"no worker on {hostname} sent a heartbeat in the last {limit:.0f} s"
     freshest = min(beats, key=lambda b: b.age_seconds)
-    return True, f"worker {freshest.worker_id} heartbeat {freshest.age_seconds:.1f} s ago"
+    return True, f"worker {freshest.worker_id}: last heartbeat {freshest.age_seconds:.1f} s ago"
 
 
 class DatabaseCollector(Collector):

@@ -9,8 +9,9 @@ Trial transitions made by workers (all others are refused, see `TRIAL_TRANSITION
     running -> failed     lease expired with attempts == max_attempts (swept before each claim),
                           or `fail_trial` on the last attempt
     running -> queued     `fail_trial` with attempts left: the next claim resumes from last.pt
-    running -> cancelled  `finish_trial` after the trainer saw cancel_requested at an epoch
-                          boundary; or `fail_trial`/an expired lease when a cancel was requested
+    running -> cancelled  `finish_trial` after the worker saw cancel_requested (at an epoch
+                          boundary, or mid-epoch through `renew_lease`); or `fail_trial`/an
+                          expired lease when a cancel was requested
     running -> succeeded, pruned   `finish_trial`
 Every write-back is guarded by (trial id, worker id, attempt, status running): a worker whose
 lease was taken over gets `LeaseLost` and writes nothing.
@@ -18,6 +19,7 @@ lease was taken over gets `LeaseLost` and writes nothing.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -42,6 +44,7 @@ from app.db import db_time
 from app.models import TRIAL_FINISHED, TRIAL_TRANSITIONS, EpochMetric, Job, RegisteredModel, Trial, Worker
 from ml.config import JobSpec
 from ml.search import expand
+from ml.selection import first_best
 
 
 class NotFound(LookupError):
@@ -274,16 +277,32 @@ def settle_expired_leases(session: Session) -> int:
     return len(job_ids)
 
 
-def heartbeat(engine: Engine, claim: Claim) -> bool:
-    """Renew the lease; False when it is no longer ours (the worker must stop and write nothing)."""
+class Lease(enum.Enum):
+    """What renewing a lease found."""
+
+    HELD = "held"
+    CANCEL_REQUESTED = "cancel requested"  # still ours, but a user cancelled the job: stop now
+    LOST = "lost"  # taken over or gone: stop and write nothing
+
+
+def renew_lease(engine: Engine, claim: Claim) -> Lease:
+    """Renew the lease and read cancel_requested in the same statement."""
     renew = (
         update(Trial)
         .where(_held_by(claim))
         .values(lease_expires_at=db_time(engine) + claim.lease_seconds)
-        .returning(Trial.id)
+        .returning(Trial.cancel_requested)
     )
     with engine.begin() as connection:
-        return connection.execute(renew).one_or_none() is not None
+        row = connection.execute(renew).one_or_none()
+    if row is None:
+        return Lease.LOST
+    return Lease.CANCEL_REQUESTED if row.cancel_requested else Lease.HELD
+
+
+def heartbeat(engine: Engine, claim: Claim) -> bool:
+    """Renew the lease; False when it is no longer ours (the worker must stop and write nothing)."""
+    return renew_lease(engine, claim) is not Lease.LOST
 
 
 def record_epochs(session: Session, claim: Claim, history: Sequence[Mapping[str, Any]]) -> bool:
@@ -303,8 +322,9 @@ def _write_history(
     **values: Any,
 ) -> Any:
     """One guarded UPDATE of the trial's summary (plus `values`), then the epoch rows it lacks."""
-    if history:
-        best = max(history, key=lambda m: m["val_accuracy"])  # first maximum, like the trainer's best.pt
+    best_index = first_best([m["val_accuracy"] for m in history])
+    if best_index is not None:
+        best = history[best_index]  # the rule of the trainer's best.pt
         values |= {
             "epoch": len(history),  # completed epochs, whatever the trainer's numbering
             "train_loss": history[-1]["train_loss"],
@@ -328,13 +348,19 @@ def _insert_missing_epochs(session: Session, claim: Claim, history: Sequence[Map
 
 
 def finish_trial(session: Session, claim: Claim, outcome: Outcome) -> None:
-    """End the attempt as succeeded, pruned or cancelled; a succeeded trial's best.pt is registered."""
+    """End the attempt as succeeded, pruned or cancelled; a succeeded trial's best.pt is registered.
+
+    Idempotent for the same attempt: when the connection dropped after the commit, the retry
+    finds the trial already ended this way by this attempt and changes nothing.
+    """
     if outcome.status not in FINISH_STATUSES:
         raise InvalidTransition(
             f"finish_trial ends a trial as {', '.join(FINISH_STATUSES)}, not {outcome.status}"
         )
     if outcome.status == "succeeded" and outcome.model_path is None:
         raise ValueError(f"trial {claim.trial_id} succeeded without a best checkpoint to register")
+    if _already_ended(session, claim, outcome.status):
+        return
     row = _write_history(
         session,
         claim,
@@ -382,13 +408,33 @@ def fail_trial(session: Session, claim: Claim, error: str) -> str:
     return status
 
 
-def _held_by(claim: Claim) -> ColumnElement[bool]:
-    return and_(
-        Trial.id == claim.trial_id,
-        Trial.worker_id == claim.worker_id,
-        Trial.attempts == claim.attempt,
-        Trial.status == "running",
+def _already_ended(session: Session, claim: Claim, status: str) -> bool:
+    ended_by_us = select(Trial.id).where(_attempt_of(claim), Trial.status == status)
+    return session.scalar(ended_by_us) is not None
+
+
+def other_val_histories(session: Session, claim: Claim) -> list[list[float]]:
+    """The validation-accuracy curves of the job's other trials, in one query (for early stopping)."""
+    rows = session.execute(
+        select(EpochMetric.trial_id, EpochMetric.val_accuracy)
+        .join(Trial, Trial.id == EpochMetric.trial_id)
+        .where(Trial.job_id == claim.job_id, Trial.id != claim.trial_id)
+        .order_by(EpochMetric.trial_id, EpochMetric.epoch)
     )
+    curves: dict[int, list[float]] = {}
+    for trial_id, val_accuracy in rows:
+        curves.setdefault(trial_id, []).append(val_accuracy)
+    return list(curves.values())
+
+
+def _attempt_of(claim: Claim) -> ColumnElement[bool]:
+    return and_(
+        Trial.id == claim.trial_id, Trial.worker_id == claim.worker_id, Trial.attempts == claim.attempt
+    )
+
+
+def _held_by(claim: Claim) -> ColumnElement[bool]:
+    return and_(_attempt_of(claim), Trial.status == "running")
 
 
 def _write_back(session: Session, claim: Claim, returning: tuple[Any, ...], **values: Any) -> Any:

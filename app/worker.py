@@ -3,7 +3,14 @@
 A claim is one attempt, held under a lease that a background thread renews. Write-backs go
 through app.queue's guarded statements, so an attempt whose lease was taken over (the worker
 was paused, or the database was unreachable for too long) gets `LeaseLost`, stops training
-and writes nothing more; the attempt that took over resumes from the trial's last.pt.
+and writes nothing more; the attempt that took over resumes from the newest earlier attempt's
+last.pt. Each attempt writes its checkpoints in a folder of its own (see app.artifacts), so a
+zombie's files are never read.
+
+At each epoch boundary the job's early-stopping rule (ASHA, median) decides whether the trial
+goes on; a pruned trial keeps its curve and checkpoints and is tested once on its best.pt.
+A cancel is seen at the next epoch boundary, or within POLL_EVERY batches of the next lease
+renewal (every heartbeat_seconds), whichever comes first.
 
 On SIGTERM/SIGINT the worker stops training at once and writes nothing: the lease runs out and
 another worker resumes the trial from its last checkpoint. Database errors (a PostgreSQL
@@ -18,6 +25,7 @@ import argparse
 import functools
 import logging
 import os
+import shutil
 import signal
 import socket
 import threading
@@ -25,6 +33,7 @@ import traceback
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -32,24 +41,29 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.artifacts import discard_superseded, start_attempt, trial_dir
 from app.db import make_engine, session_factory, transaction, upgrade_to_head
 from app.logs import configure_logging, log_context
+from app.models import Trial
 from app.queue import (
     Claim,
+    Lease,
     LeaseLost,
     Outcome,
     claim_trial,
     fail_trial,
     finish_trial,
-    heartbeat,
+    other_val_histories,
     record_epochs,
     register_worker,
+    renew_lease,
     touch_worker,
     unregister_worker,
 )
 from app.settings import Settings, get_settings
 from ml.config import EarlyStoppingSpec, JobSpec, TrainConfig
 from ml.data import Dataset, load_dataset, make_splits
+from ml.early_stopping import should_stop
 from ml.train import Decision, EpochMetrics, TrialAborted, TrialHooks, TrialResult, run_trial
 
 log = logging.getLogger("sweepserve.worker")
@@ -62,11 +76,6 @@ MAX_ERROR_CHARS = 4000
 T = TypeVar("T")
 
 
-def trial_dir(artifacts_dir: Path, job_id: int, trial_id: int) -> Path:
-    """Where a trial's last.pt and best.pt live; every attempt of the trial uses the same one."""
-    return Path(artifacts_dir) / "jobs" / str(job_id) / "trials" / str(trial_id)
-
-
 def make_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
@@ -74,11 +83,17 @@ def make_worker_id() -> str:
 def decide(
     session: Session, claim: Claim, rule: EarlyStoppingSpec, history: Sequence[EpochMetrics]
 ) -> Decision:
-    """Whether a trial goes on after an epoch; the pruning rule (ASHA, median) plugs in here.
+    """PRUNE when the job's early-stopping rule stops this trial after its latest epoch.
 
-    Runs inside the epoch's guarded transaction, so a rule can read the other trials' epochs
-    of `claim.job_id`. Until one is wired in, every trial runs all its epochs.
+    Runs inside the epoch's guarded transaction and reads the other trials' curves of the job
+    in one query. A trial that has just trained its last epoch is finished, never pruned.
     """
+    max_epochs = int(claim.config["epochs"])
+    if rule.strategy == "none" or len(history) >= max_epochs:
+        return Decision.CONTINUE
+    mine = [m.val_accuracy for m in history]
+    if should_stop(rule, mine, other_val_histories(session, claim), max_epochs):
+        return Decision.PRUNE
     return Decision.CONTINUE
 
 
@@ -114,20 +129,29 @@ def _dataset(name: str, data_dir: Path, download: bool) -> Dataset:
     return load_dataset(name, data_dir, download)
 
 
+@dataclass(frozen=True)
+class Watch:
+    """What the lease keeper found about one claim; the trainer polls both."""
+
+    claim: Claim
+    lost: threading.Event = field(default_factory=threading.Event)  # taken over: stop, write nothing
+    cancelled: threading.Event = field(default_factory=threading.Event)  # a user cancelled the job
+
+
 class LeaseKeeper(threading.Thread):
     """Renews the current claim's lease and the worker's heartbeat every `interval` seconds."""
 
     def __init__(self, engine: Engine, worker_id: str, interval: float) -> None:
         super().__init__(name="lease-keeper", daemon=True)
         self.engine, self.worker_id, self.interval = engine, worker_id, interval
-        self._watched: tuple[Claim, threading.Event] | None = None
+        self._watched: Watch | None = None
         self._halt = threading.Event()
 
-    def watch(self, claim: Claim) -> threading.Event:
-        """Keep `claim` alive; the event returned is set once its lease is found lost."""
-        lost = threading.Event()
-        self._watched = (claim, lost)  # one assignment: the thread sees the old pair or the new one
-        return lost
+    def watch(self, claim: Claim) -> Watch:
+        """Keep `claim` alive; the Watch's events say when its lease is lost or a cancel arrives."""
+        watched = Watch(claim)
+        self._watched = watched  # one assignment: the thread sees the old watch or the new one
+        return watched
 
     def unwatch(self) -> None:
         self._watched = None
@@ -141,14 +165,19 @@ class LeaseKeeper(threading.Thread):
         watched = self._watched
         try:
             touch_worker(self.engine, self.worker_id)
-            if watched is not None and not heartbeat(self.engine, watched[0]):
-                claim, lost = watched
-                with log_context(job_id=claim.job_id, trial_id=claim.trial_id):
-                    log.warning("lease of attempt %d lost; stopping the trial", claim.attempt)
-                lost.set()
+            if watched is not None:
+                self._renew(watched)
         except DB_UNAVAILABLE as exc:
             # The lease may run out meanwhile; the first renewal that reaches the database says so.
             log.warning("heartbeat: database unavailable (%s)", _first_line(exc))
+
+    def _renew(self, watched: Watch) -> None:
+        lease = renew_lease(self.engine, watched.claim)
+        if lease is Lease.HELD:
+            return
+        with log_context(job_id=watched.claim.job_id, trial_id=watched.claim.trial_id):
+            log.warning("attempt %d: %s; stopping the trial", watched.claim.attempt, lease.value)
+        (watched.lost if lease is Lease.LOST else watched.cancelled).set()
 
     def halt(self) -> None:
         self._halt.set()
@@ -158,8 +187,9 @@ class LeaseKeeper(threading.Thread):
 class WorkerHooks(TrialHooks):
     """The trainer's callbacks: every epoch becomes a guarded database write."""
 
-    def __init__(self, worker: WorkerLoop, claim: Claim, spec: JobSpec, lost: threading.Event) -> None:
-        self.worker, self.claim, self.spec, self.lost = worker, claim, spec, lost
+    def __init__(self, worker: WorkerLoop, spec: JobSpec, watch: Watch, trial_path: Path) -> None:
+        self.worker, self.spec, self.watch, self.trial_path = worker, spec, watch, trial_path
+        self.claim = watch.claim
 
     def restored(self, history: list[EpochMetrics]) -> None:
         self._write(lambda s: record_epochs(s, self.claim, [m.as_dict() for m in history]), "restore history")
@@ -171,17 +201,19 @@ class WorkerHooks(TrialHooks):
             return decide(session, self.claim, self.spec.early_stopping, history)
 
         decision = self._write(write, f"epoch {metrics.epoch}")
+        # The database just confirmed this attempt holds the trial and has its own last.pt.
+        discard_superseded(self.trial_path)
         log.info("epoch %d: val accuracy %.4f -> %s", metrics.epoch, metrics.val_accuracy, decision.value)
         return decision
 
     def should_stop(self) -> bool:
-        return self.lost.is_set() or self.worker.stop.is_set()
+        return self.watch.lost.is_set() or self.watch.cancelled.is_set() or self.worker.stop.is_set()
 
     def _write(self, action: Callable[[Session], T], what: str) -> T:
         try:
             return self.worker.in_transaction(action, what)
         except LeaseLost:
-            self.lost.set()
+            self.watch.lost.set()
             raise
 
 
@@ -234,26 +266,34 @@ class WorkerLoop:
 
     def process(self, claim: Claim) -> None:
         log.info("claimed trial %d (index %d), attempt %d", claim.trial_id, claim.index, claim.attempt)
-        lost = self.keeper.watch(claim)
+        watch = self.keeper.watch(claim)
         try:
-            write_back = self._train(claim, lost)
+            write_back = self._train(watch)
             if write_back is not None:
                 self.in_transaction(write_back, "write back")
         except LeaseLost as exc:
+            watch.lost.set()
             log.warning("writing nothing more: %s", exc)
         finally:
             self.keeper.unwatch()
+        if watch.lost.is_set():
+            self._tidy_lost_attempt(claim)
 
-    def _train(self, claim: Claim, lost: threading.Event) -> Callable[[Session], object] | None:
+    def _train(self, watch: Watch) -> Callable[[Session], object] | None:
         """Train; returns the write-back to make, or None when this attempt must write nothing."""
+        claim = watch.claim
         try:
-            result = self._run_trial(claim, lost)
+            result = self._run_trial(watch)
         except (TrialAborted, LeaseLost) as exc:
+            if watch.cancelled.is_set() and not (watch.lost.is_set() or self.stop.is_set()):
+                log.info("trial cancelled mid-epoch: %s", exc)
+                cancelled = Outcome("cancelled", [], None, None, None)  # its epochs are already recorded
+                return lambda session: finish_trial(session, claim, cancelled)
             why = "the worker is stopping" if self.stop.is_set() else "the lease was lost"
             log.warning("trial stopped (%s) without writing back: %s", why, exc)
             return None
         except Exception as exc:
-            if self.stop.is_set() or lost.is_set():
+            if self.stop.is_set() or watch.lost.is_set():
                 log.warning("trial interrupted: %s", describe_error(exc))
                 return None
             error = describe_error(exc)
@@ -266,20 +306,40 @@ class WorkerLoop:
         log.info("trial %s (test accuracy %s)", result.status, result.test_accuracy)
         return lambda session: finish_trial(session, claim, self._outcome(result))
 
-    def _run_trial(self, claim: Claim, lost: threading.Event) -> TrialResult:
+    def _run_trial(self, watch: Watch) -> TrialResult:
+        claim = watch.claim
         spec = JobSpec.model_validate(claim.job_spec)
         cfg = TrainConfig.model_validate(claim.config)
         dataset = _dataset(spec.data.dataset, Path(self.settings.data_dir), self.settings.allow_download)
         splits = make_splits(dataset, spec.data, seed=cfg.seed)
+        trial_path = trial_dir(self.settings.artifacts_dir, claim.job_id, claim.trial_id)
         return run_trial(
             cfg,
             splits,
-            trial_dir(self.settings.artifacts_dir, claim.job_id, claim.trial_id),
-            WorkerHooks(self, claim, spec, lost),
+            start_attempt(trial_path, claim.attempt),
+            WorkerHooks(self, spec, watch, trial_path),
             device_ids=self.gpus,
-            metadata={"job_id": claim.job_id, "trial_id": claim.trial_id, "trial_index": claim.index},
+            metadata={
+                "job_id": claim.job_id,
+                "trial_id": claim.trial_id,
+                "trial_index": claim.index,
+                "attempt": claim.attempt,
+            },
             allow_download=self.settings.allow_download,
         )
+
+    def _tidy_lost_attempt(self, claim: Claim) -> None:
+        """A superseded attempt deletes what it may have written after the takeover: its folder
+        once a newer attempt has a last.pt, the whole trial folder once the trial was deleted."""
+        trial_path = trial_dir(self.settings.artifacts_dir, claim.job_id, claim.trial_id)
+        try:
+            exists = self.in_transaction(lambda s: s.get(Trial, claim.trial_id) is not None, "tidy")
+        except DB_UNAVAILABLE:
+            return  # the worker is stopping; the next attempt's retention tidies up
+        if exists:
+            discard_superseded(trial_path)
+        else:
+            shutil.rmtree(trial_path, ignore_errors=True)
 
     def _outcome(self, result: TrialResult) -> Outcome:
         model_path = None

@@ -116,7 +116,7 @@ class DistributedTeam(Team):
 
     def shard(self, batches: Batches) -> Batches:
         for x, y in batches:
-            yield x.tensor_split(self.world_size)[self.rank], y.tensor_split(self.world_size)[self.rank]
+            yield self.part(x), self.part(y)
 
     def gather(self, done: EpochTrain, setup: TrialSetup) -> EpochTrain:
         loss_sum, correct, images = self.sum([done.loss, done.accuracy * done.images, float(done.images)])
@@ -125,11 +125,15 @@ class DistributedTeam(Team):
         return EpochTrain(loss_sum / self.world_size, correct / images, round(images), done.lr)
 
     def evaluate(self, measure: Measure, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
-        mine_x, mine_y = x.tensor_split(self.world_size)[self.rank], y.tensor_split(self.world_size)[self.rank]
-        loss, accuracy = measure(mine_x, mine_y)
-        n = float(len(mine_y))
+        mine = self.part(y)
+        loss, accuracy = measure(self.part(x), mine)
+        n = float(len(mine))
         loss_sum, correct, total = self.sum([loss * n, accuracy * n, n])
         return loss_sum / max(total, 1.0), correct / max(total, 1.0)
+
+    def part(self, tensor: torch.Tensor) -> torch.Tensor:
+        """This rank's contiguous slice of `tensor` along its first dimension (near-equal slices)."""
+        return tensor.tensor_split(self.world_size)[self.rank]
 
     def sum(self, values: list[float]) -> list[float]:
         """Each value summed over the ranks (float64: exact for image counts)."""
@@ -149,9 +153,8 @@ class DistributedTeam(Team):
 class RankHooks(TrialHooks):
     """The hooks inside a rank: rank 0 asks the supervisor; every rank acts on the same answer."""
 
-    def __init__(self, team: DistributedTeam, link: Connection, stop: Event) -> None:
-        self.team, self.link, self.stop = team, link, stop
-        self.parent = os.getppid()
+    def __init__(self, team: DistributedTeam, link: Connection, stop: Event, supervisor_pid: int) -> None:
+        self.team, self.link, self.stop, self.supervisor_pid = team, link, stop, supervisor_pid
 
     def restored(self, history: list[EpochMetrics]) -> None:
         if self.team.leader:
@@ -167,7 +170,7 @@ class RankHooks(TrialHooks):
     def should_stop(self) -> bool:
         # Agreed by all ranks at the same batch: one rank stopping alone would leave the others
         # waiting in the next all-reduce.
-        orphaned = os.getppid() != self.parent
+        orphaned = os.getppid() != self.supervisor_pid
         return self.team.any(self.stop.is_set() or orphaned)
 
 
@@ -217,6 +220,7 @@ class RankJob:
     store_port: int
     threads: int
     log_level: int
+    supervisor_pid: int
 
 
 @dataclass
@@ -247,6 +251,7 @@ def run_ddp_trial(
     packed = SplitArrays.pack(splits)
     threads = max(1, torch.get_num_threads() // len(devices)) if not ids else torch.get_num_threads()
     ranks: list[_Rank] = []
+    reported = False
     try:
         for rank, device in enumerate(devices):
             job = RankJob(
@@ -262,15 +267,18 @@ def run_ddp_trial(
                 store.port,
                 threads,
                 logging.getLogger().getEffectiveLevel(),
+                os.getpid(),
             )
             ours, theirs = context.Pipe()
             process = context.Process(target=rank_main, args=(job, theirs, stop), name=f"ddp-rank-{rank}")
             process.start()
             theirs.close()
             ranks.append(_Rank(process, ours))
-        return _supervise(ranks, hooks, stop)
+        result = _supervise(ranks, hooks, stop)
+        reported = True
+        return result
     finally:
-        _end(ranks)
+        _end(ranks, grace=EXIT_SECONDS if reported else 0.0)
         del store
 
 
@@ -317,9 +325,10 @@ def _handle(
         raise exc from RemoteTraceback(f"in rank {index}:\n{remote_traceback}")
 
 
-def _end(ranks: list[_Rank]) -> None:
+def _end(ranks: list[_Rank], grace: float) -> None:
+    """Let ranks that reported exit within `grace` seconds; kill the rest (after a failure, all)."""
     for rank in ranks:
-        rank.process.join(EXIT_SECONDS if rank.link.closed else 0)  # closed: never; see below
+        rank.process.join(grace)
     for rank in ranks:
         if rank.process.is_alive():
             rank.process.kill()  # our own child, by pid
@@ -333,14 +342,15 @@ def _end(ranks: list[_Rank]) -> None:
 def rank_main(job: RankJob, link: Connection, stop: Event) -> None:
     """Entry point of a spawned rank: train, then send ("done", result) or ("error", exc, traceback)."""
     _die_with_parent()
-    logging.basicConfig(level=job.log_level, format=f"%(asctime)s rank {job.rank} %(name)s: %(message)s")
+    log_format = f"%(asctime)s %(levelname)s rank {job.rank} %(name)s: %(message)s"
+    logging.basicConfig(level=job.log_level, format=log_format)
     try:
         device = _own_device(job.device)
         torch.set_num_threads(job.threads)
         with _process_group(job, device):
             team = DistributedTeam(job.rank, job.world_size, device)
             runtime = Runtime(device, job.device_ids, "ddp", precision_for(job.cfg.precision, device))
-            hooks = RankHooks(team, link, stop)
+            hooks = RankHooks(team, link, stop, job.supervisor_pid)
             splits = job.splits.unpack()
             args = (job.cfg, splits, job.out_dir, hooks, runtime, job.metadata, job.allow_download, team)
             result = train_process(*args)

@@ -19,6 +19,7 @@ from typing import Any, Protocol, TypeVar
 from ml.checkpoint import inference_checkpoint, load_checkpoint, save_atomic
 from ml.data import MEAN, STD
 from ml.environment import restore_rng_state, rng_state
+from ml.selection import first_best
 from ml.setup import TrialSetup
 
 log = logging.getLogger(__name__)
@@ -37,8 +38,9 @@ ScoredT = TypeVar("ScoredT", bound=Scored)
 
 
 def best_epoch(history: list[ScoredT]) -> ScoredT | None:
-    """The epoch with the highest validation accuracy; the earliest on ties."""
-    return max(history, key=lambda m: (m.val_accuracy, -m.epoch), default=None)
+    """The epoch with the highest validation accuracy; the earliest on ties (see ml.selection)."""
+    best = first_best([m.val_accuracy for m in history])
+    return None if best is None else history[best]
 
 
 def save(setup: TrialSetup, out_dir: Path, history: list[Any], metadata: dict[str, Any]) -> None:

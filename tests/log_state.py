@@ -7,7 +7,9 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-REWIRED = ("uvicorn", "uvicorn.error", "uvicorn.access")
+from app.logs import QUIET_LOGGERS
+
+REWIRED = ("uvicorn", "uvicorn.error", "uvicorn.access", *QUIET_LOGGERS)
 
 
 @contextmanager
@@ -20,11 +22,12 @@ def preserved_logging() -> Iterator[None]:
     finally:
         root.handlers[:] = handlers
         root.setLevel(level)
-        for name, (named_handlers, propagate, disabled) in saved.items():
+        for name, (named_handlers, propagate, disabled, named_level) in saved.items():
             logger = logging.getLogger(name)
             logger.handlers[:] = named_handlers
             logger.propagate, logger.disabled = propagate, disabled
+            logger.setLevel(named_level)
 
 
-def _state(logger: logging.Logger) -> tuple[list[logging.Handler], bool, bool]:
-    return list(logger.handlers), logger.propagate, logger.disabled
+def _state(logger: logging.Logger) -> tuple[list[logging.Handler], bool, bool, int]:
+    return list(logger.handlers), logger.propagate, logger.disabled, logger.level

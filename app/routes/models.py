@@ -59,7 +59,7 @@ def promote(
         200: {"content": {media: {} for media in set(MEDIA_TYPES.values())}, "description": "the model file"},
         **problem_responses(404, 422, 501),
     },
-    summary="Download the model as ONNX, TorchScript (both take 0..1 RGB, normalise inside) or state_dict",
+    summary="Download the model: ONNX or TorchScript (uint8 RGB NCHW in, normalised inside), or state_dict",
 )
 def export(
     model_id: ModelId,

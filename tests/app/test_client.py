@@ -148,8 +148,9 @@ def test_submit_then_status_with_the_key_from_the_environment(
 ) -> None:
     spec = tmp_path / "spec.yaml"
     spec.write_text("name: cli sweep\nsearch:\n  space:\n    lr: [0.01, 0.1]\ntrain:\n  epochs: 2\n")
-    code, out, _ = run_cli(capsys, "submit", str(spec), "--url", server, "--idempotency-key", "once")
+    code, out, err = run_cli(capsys, "submit", str(spec), "--url", server, "--idempotency-key", "once")
     assert code == 0 and out.startswith("job 1 queued: 2 trial(s)") and f"{server}/ui/jobs/1" in out
+    assert "httpx" not in err  # no line per HTTP request (the server's own lines share this process)
     code, out, _ = run_cli(
         capsys, "submit", str(spec), "--url", server, "--idempotency-key", "once", "--json"
     )
@@ -234,5 +235,6 @@ def test_worker_check_exit_code_follows_this_hosts_heartbeat(
     with transaction(api.app.state.session_factory) as session:  # type: ignore[attr-defined]
         now = float(session.scalar(select(db_time(session.get_bind()))))  # type: ignore[arg-type]
         session.add(Worker(id="w1", hostname=socket.gethostname(), pid=1, heartbeat_at=now - 2))
-    code, out, _ = run_cli(capsys, "worker", "--check")
-    assert code == 0 and "w1" in out
+    code, out, err = run_cli(capsys, "worker", "--check")
+    assert code == 0 and "w1: last heartbeat" in out
+    assert err == ""  # a healthcheck says one line, no library chatter

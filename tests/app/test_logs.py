@@ -157,6 +157,7 @@ def test_json_lines_include_context_and_exceptions(tmp_path: Path) -> None:
         except ValueError:
             logging.getLogger("sweepserve.worker").exception("trial failed")
     logging.getLogger("anything").debug("debug shows at level debug")
+    logging.getLogger("httpx").info("HTTP Request: GET /jobs")  # the CLI's per-request chatter stays out
     first, second = json_lines(stream)
     assert (first["job_id"], first["trial_id"], first["message"]) == (1, 2, "trial failed")
     assert "ValueError: bad batch" in str(first["exception"])

@@ -20,11 +20,12 @@ from sqlalchemy import Engine, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.artifacts import attempt_dir, trial_dir
 from app.db import transaction
 from app.models import EpochMetric, Job, RegisteredModel, Trial, Worker
 from app.queue import Claim, cancel_job, claim_trial, submit_job
 from app.settings import Settings
-from app.worker import LeaseKeeper, describe_error, retry_db, run_worker, trial_dir
+from app.worker import LeaseKeeper, describe_error, retry_db, run_worker
 from ml.config import JobSpec
 from ml.data import load_dataset, make_splits
 from ml.train import EpochMetrics, TrialHooks, TrialResult, run_trial
@@ -201,7 +202,7 @@ def test_lease_keeper_renews_and_then_reports_a_lost_lease(
         claim = claim_trial(session, "keeper-test", 30.0)
     assert claim is not None
     keeper = LeaseKeeper(engine, "keeper-test", interval=60.0)
-    lost = keeper.watch(claim)
+    lost = keeper.watch(claim).lost
     expire_lease(trial_id)
     keeper.beat()
     assert not lost.is_set()
@@ -282,9 +283,9 @@ def test_worker_process_trains_a_two_trial_job(
             trial.val_accuracy,
             "resnet18_imagenet",
         )
-        assert model.path == f"jobs/{job_id}/trials/{trial.id}/best.pt"
+        assert model.path == f"jobs/{job_id}/trials/{trial.id}/attempt-1/best.pt"
         assert (settings.artifacts_dir / model.path).is_file()
-        assert (trial_dir(settings.artifacts_dir, job_id, trial.id) / "last.pt").is_file()
+        assert (settings.artifacts_dir / model.path).with_name("last.pt").is_file()
         assert f"job_id={job_id} trial_id={trial.id}" in log  # log lines carry the ids
     assert _workers(factory) == []
 
@@ -338,6 +339,14 @@ def test_kill_9_mid_trial_then_another_worker_resumes_it_exactly(
         assert row.val_accuracy == pytest.approx(reference.val_accuracy, abs=1e-6)
     assert trial.test_accuracy == pytest.approx(uninterrupted.test_accuracy, abs=1e-6)
     assert trial.best_epoch == uninterrupted.best_epoch
+    # Attempt 2 started from attempt 1's checkpoints in a folder of its own; retention then
+    # deleted attempt 1's, leaving one best.pt and one last.pt.
+    folder = trial_dir(settings.artifacts_dir, trial.job_id, trial_id)
+    assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")) == [
+        "attempt-2",
+        "attempt-2/best.pt",
+        "attempt-2/last.pt",
+    ]
 
 
 class _DiesAfterCheckpoint(TrialHooks):
@@ -368,7 +377,7 @@ def test_an_epoch_checkpointed_but_not_recorded_is_recorded_on_resume(
     spec = _spec(epochs=2)
     splits = make_splits(load_dataset("cifar10", data_dir, False), spec.data, seed=spec.train.seed)
     with pytest.raises(_Died):
-        out_dir = trial_dir(settings.artifacts_dir, job_id, trial_id)
+        out_dir = attempt_dir(trial_dir(settings.artifacts_dir, job_id, trial_id), claim.attempt)
         run_trial(spec.train, splits, out_dir, _DiesAfterCheckpoint(), allow_download=False)
     assert _epochs(factory, trial_id) == []
     expire_lease(trial_id)
@@ -435,7 +444,7 @@ def test_a_worker_that_lost_its_lease_stops_and_writes_nothing(
     assert (trial.status, trial.worker_id, trial.attempts, trial.error) == ("running", "thief", 2, None)
     assert [(row.epoch, row.attempt) for row in _epochs(factory, trial_id)] == rows_when_stolen
     # Stolen before its first epoch could end: the lease keeper, not a refused epoch write, stopped it.
-    assert not (trial_dir(settings.artifacts_dir, job_id, trial_id) / "last.pt").exists()
+    assert not list(trial_dir(settings.artifacts_dir, job_id, trial_id).rglob("last.pt"))
 
 
 def _worker_thread(settings: Settings) -> tuple[threading.Thread, list[BaseException]]:

@@ -1,0 +1,157 @@
+"""parallel="ddp" on the CPU with two gloo processes: the same curve as one process with the same
+global batch, and hooks, cancellation, aborts, failures and resuming as in a single-process trial."""
+
+from __future__ import annotations
+
+import multiprocessing
+from pathlib import Path
+
+import pytest
+import torch
+
+from ml import distributed
+from ml.checkpoint import load_checkpoint
+from ml.config import TrainConfig
+from ml.data import Splits
+from ml.distributed import SplitArrays, per_rank_batch, rank_devices
+from ml.train import Decision, EpochMetrics, TrialAborted, TrialHooks, TrialResult, run_trial
+
+# Group norm normalises each image on its own, so two ranks of 8 images compute what one process
+# of 16 does, up to float summation order (batch norm would use per-rank statistics). SGD keeps
+# that float noise small; EMA, label smoothing, cutout and TTA stay on.
+DDP = TrainConfig(
+    arch="resnet18_imagenet",
+    norm="group",
+    epochs=2,
+    batch_size=16,
+    lr=0.02,
+    weight_decay=5e-4,
+    ema_decay=0.9,
+    parallel="ddp",
+    deterministic=True,
+)
+SINGLE = DDP.model_copy(update={"parallel": "none"})
+
+
+class Recorder(TrialHooks):
+    """What the supervising process's hooks saw."""
+
+    def __init__(self, cancel_at: int | None = None) -> None:
+        self.cancel_at = cancel_at
+        self.restored_history: list[EpochMetrics] | None = None
+        self.ends: list[EpochMetrics] = []
+
+    def restored(self, history: list[EpochMetrics]) -> None:
+        self.restored_history = history
+
+    def epoch_end(self, metrics: EpochMetrics, history: list[EpochMetrics]) -> Decision:
+        self.ends.append(metrics)
+        return Decision.CANCEL if metrics.epoch == self.cancel_at else Decision.CONTINUE
+
+
+@pytest.fixture(scope="module")
+def single(tiny_splits: Splits, tmp_path_factory: pytest.TempPathFactory) -> tuple[TrialResult, Path]:
+    torch.set_num_threads(1)
+    out_dir = tmp_path_factory.mktemp("single")
+    return run_trial(SINGLE, tiny_splits, out_dir, device_ids=[]), out_dir
+
+
+@pytest.mark.slow
+def test_two_ranks_cancelled_then_resumed_follow_the_single_process_curve(
+    single: tuple[TrialResult, Path], tiny_splits: Splits, tmp_path: Path
+) -> None:
+    expected, expected_dir = single
+    first = Recorder(cancel_at=1)
+    cancelled = run_trial(DDP, tiny_splits, tmp_path, first, device_ids=[])
+    assert cancelled.status == "cancelled" and cancelled.test_accuracy is None
+    assert [m.epoch for m in first.ends] == [1] and cancelled.history == first.ends
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "last.pt"]  # rank 0's, nothing else
+
+    second = Recorder()
+    resumed = run_trial(DDP, tiny_splits, tmp_path, second, device_ids=[])
+    assert second.restored_history == first.ends and [m.epoch for m in second.ends] == [2]
+    assert resumed.status == "succeeded" and resumed.environment["parallel"] == "ddp"
+    assert resumed.history == [*first.ends, *second.ends]  # rank 0's metrics, as the hooks saw them
+
+    for ours, theirs in zip(resumed.history, expected.history, strict=True):
+        assert ours.train_loss == pytest.approx(theirs.train_loss, rel=1e-4)
+        assert ours.val_loss == pytest.approx(theirs.val_loss, rel=1e-4)
+        assert ours.lr == pytest.approx(theirs.lr, rel=1e-9)
+        assert ours.train_accuracy == pytest.approx(theirs.train_accuracy, abs=2 / 240)  # 240 images
+        assert ours.val_accuracy == pytest.approx(theirs.val_accuracy, abs=2 / 60)
+    assert resumed.test_accuracy == pytest.approx(expected.test_accuracy, abs=2 / 50)
+    assert expected.history[-1].train_loss < expected.history[0].train_loss  # a curve, not a flat line
+
+    ours_ckpt, theirs_ckpt = load_checkpoint(tmp_path / "last.pt"), load_checkpoint(expected_dir / "last.pt")
+    assert ours_ckpt["metadata"]["world_size"] == 2 and ours_ckpt["ema_updates"] == 30  # 15 steps x 2
+    for key in ("model", "train_model"):
+        for name, tensor in theirs_ckpt[key].items():
+            torch.testing.assert_close(ours_ckpt[key][name], tensor, rtol=1e-3, atol=1e-4, msg=name)
+
+
+@pytest.mark.slow
+def test_should_stop_aborts_every_rank(micro_splits: Splits, tmp_path: Path) -> None:
+    class StopAtOnce(TrialHooks):
+        def should_stop(self) -> bool:
+            return True
+
+    cfg = DDP.model_copy(update={"batch_size": 10, "epochs": 1})
+    with pytest.raises(TrialAborted, match="should_stop"):
+        run_trial(cfg, micro_splits, tmp_path, StopAtOnce(), device_ids=[])
+    assert multiprocessing.active_children() == []
+    assert not (tmp_path / "last.pt").exists()
+
+
+@pytest.mark.slow
+def test_a_raising_hook_fails_the_trial_and_ends_the_ranks(micro_splits: Splits, tmp_path: Path) -> None:
+    class LeaseLost(Exception):
+        pass
+
+    class LoseLease(TrialHooks):
+        def epoch_end(self, metrics: EpochMetrics, history: list[EpochMetrics]) -> Decision:
+            raise LeaseLost(f"after epoch {metrics.epoch}")
+
+    cfg = DDP.model_copy(update={"batch_size": 10, "epochs": 3})
+    with pytest.raises(LeaseLost, match="after epoch 1"):
+        run_trial(cfg, micro_splits, tmp_path, LoseLease(), device_ids=[])
+    assert multiprocessing.active_children() == []  # the ranks waiting for the decision are gone
+    assert load_checkpoint(tmp_path / "last.pt")["metadata"]["epoch"] == 1
+
+
+def test_a_rank_exception_is_raised_with_its_remote_traceback() -> None:
+    # Spawning costs seconds; the supervisor's side of a failing rank is tested on a real pipe.
+    parent, child = multiprocessing.Pipe()
+    child.send(("error", FloatingPointError("loss became NaN at epoch 1 batch 2"), "Traceback: in rank"))
+    rank = distributed._Rank(multiprocessing.get_context("spawn").Process(), parent)
+    with pytest.raises(FloatingPointError, match="NaN") as raised:
+        distributed._handle(1, rank, parent.recv(), TrialHooks(), {})
+    assert isinstance(raised.value.__cause__, distributed.RemoteTraceback)
+    assert "in rank 1" in str(raised.value.__cause__)
+
+
+def test_the_global_batch_must_split_evenly_across_ranks(tiny_splits: Splits, tmp_path: Path) -> None:
+    assert per_rank_batch(512, 8) == 64
+    with pytest.raises(ValueError, match="divisible by 2"):
+        run_trial(DDP.model_copy(update={"batch_size": 15}), tiny_splits, tmp_path, device_ids=[])
+    assert not any(tmp_path.iterdir())  # refused before any process started
+
+
+def test_one_rank_per_gpu_or_two_on_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert rank_devices([]) == [torch.device("cpu")] * 2
+    assert rank_devices([], cpu_world_size=3) == [torch.device("cpu")] * 3
+    if not torch.cuda.is_available():
+        assert rank_devices(None) == [torch.device("cpu")] * 2
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            rank_devices([0, 1])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    assert rank_devices([2, 3]) == [torch.device("cuda", 2), torch.device("cuda", 3)]
+    assert rank_devices(None) == [torch.device("cuda", i) for i in range(4)]
+
+
+def test_splits_travel_to_the_ranks_unchanged_and_channels_last(tiny_splits: Splits) -> None:
+    back = SplitArrays.pack(tiny_splits).unpack()
+    for name in ("train_x", "train_y", "val_x", "val_y", "test_x", "test_y"):
+        assert torch.equal(getattr(back, name), getattr(tiny_splits, name)), name
+    assert back.train_x.is_contiguous(memory_format=torch.channels_last)
+    assert back.classes == tiny_splits.classes

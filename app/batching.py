@@ -60,6 +60,7 @@ class DynamicBatcher:
         self._task: asyncio.Task[None] | None = None
         self._seconds_per_image = 0.005  # running estimate, for Retry-After
         self._arriving = 0  # images of requests still decoding: worth waiting for
+        self._in_flight: list[_Item] = []  # the batch the inference thread is computing
 
     @property
     def pending(self) -> int:
@@ -84,7 +85,9 @@ class DynamicBatcher:
                 await self._task
         self._executor.shutdown(wait=True)
         while not self._queue.empty():
-            self._queue.get_nowait().future.cancel()
+            self._in_flight.append(self._queue.get_nowait())
+        for item in self._in_flight:  # no request is left waiting for an answer that will not come
+            item.future.cancel()
 
     async def submit(self, model: LoadedModel, images: np.ndarray, tta: bool) -> np.ndarray:
         """Probabilities for `images` (N x 32 x 32 x 3 uint8), computed in shared batches."""
@@ -108,7 +111,7 @@ class DynamicBatcher:
             batch = [item for item in await self._gather(loop) if not item.future.done()]
             if not batch:
                 continue  # every client in it went away
-            started = loop.time()
+            started, self._in_flight = loop.time(), batch
             try:
                 results = await loop.run_in_executor(self._executor, _forward_groups, batch)
             except Exception as exc:  # never let one bad batch stop the batcher

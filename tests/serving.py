@@ -10,11 +10,14 @@ from __future__ import annotations
 import base64
 import io
 import struct
+import time
 import zlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+from fastapi.testclient import TestClient
 from PIL import Image
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -101,3 +104,20 @@ def png_declaring(width: int, height: int) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def wait_until_serving(client: TestClient, model_id: int, timeout: float = 30.0) -> None:
+    """Block until the app's predictor serves `model_id` (it polls the database)."""
+    deadline = time.monotonic() + timeout
+    while client.app.state.predictor.status()["model_id"] != model_id:  # type: ignore[attr-defined]
+        assert time.monotonic() < deadline, f"model {model_id} was not picked up in {timeout} s"
+        time.sleep(0.02)
+
+
+def problem(response: Any, status: int) -> dict[str, Any]:
+    """The RFC 9457 body of an error answer, after checking its status and media type."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    body = response.json()
+    assert body["status"] == status and body["detail"]
+    return body

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import time
-from typing import Any
 
 import numpy as np
 import pytest
@@ -19,9 +17,8 @@ from ml.checkpoint import load_for_inference
 from ml.config import TrainConfig
 from ml.evaluate import predict_logits
 from ml.models import build_model
-from tests.serving import png_files, register_model, synthetic_pixels
+from tests.serving import png_files, problem, register_model, synthetic_pixels, wait_until_serving
 
-PROBLEM = "application/problem+json"
 sqlite_only = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
 
@@ -31,21 +28,8 @@ def settings(settings: Settings) -> Settings:
     return settings.model_copy(update={"model_poll_seconds": 300.0})
 
 
-def problem(response: Any, status: int) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith(PROBLEM)
-    return response.json()
-
-
 def register(sessions: sessionmaker[Session], settings: Settings, val_accuracy: float, seed: int) -> int:
     return register_model(sessions, settings.artifacts_dir, val_accuracy=val_accuracy, seed=seed)
-
-
-def wait_until_serving(client: TestClient, model_id: int, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while client.app.state.predictor.status()["model_id"] != model_id:  # type: ignore[attr-defined]
-        assert time.monotonic() < deadline, f"model {model_id} was not picked up"
-        time.sleep(0.02)
 
 
 def reference_logits(

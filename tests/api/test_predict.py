@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,9 +11,17 @@ from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.settings import Settings
-from tests.serving import as_base64, encode, png_declaring, png_files, register_model, synthetic_pixels
+from tests.serving import (
+    as_base64,
+    encode,
+    png_declaring,
+    png_files,
+    problem,
+    register_model,
+    synthetic_pixels,
+    wait_until_serving,
+)
 
-PROBLEM = "application/problem+json"
 MAX_IMAGES = 8
 MAX_QUEUE = 6
 MAX_BODY = 64 * 1024
@@ -41,23 +48,8 @@ def model_id(client: TestClient, sessions: sessionmaker[Session], settings: Sett
     return model
 
 
-def wait_until_serving(client: TestClient, model_id: int, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while client.app.state.predictor.status()["model_id"] != model_id:  # type: ignore[attr-defined]
-        assert time.monotonic() < deadline, f"model {model_id} was not picked up"
-        time.sleep(0.02)
-
-
 def files(blobs: list[bytes], name: str = "file", mime: str = "image/png") -> list[tuple[str, Any]]:
     return [(name, (f"{i}.png", blob, mime)) for i, blob in enumerate(blobs)]
-
-
-def problem(response: Any, status: int) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith(PROBLEM)
-    body = response.json()
-    assert body["status"] == status and body["detail"]
-    return body
 
 
 def probabilities(body: dict[str, Any]) -> np.ndarray:

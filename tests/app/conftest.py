@@ -157,3 +157,24 @@ def _empty_all_tables(url: str) -> None:
             conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
     finally:
         engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny learnable CIFAR-shaped ImageFolder (300 train, 50 test images) for real workers."""
+    from tests.synthetic import write_image_folder  # torch: imported only by tests that train
+
+    root = tmp_path_factory.mktemp("cifar")
+    write_image_folder(root, n_train_per_class=30, n_test_per_class=5)
+    return root
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """Everyone shares two cores; a worker process gets OMP_NUM_THREADS=1 for the same reason."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

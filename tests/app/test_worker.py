@@ -6,11 +6,9 @@ from __future__ import annotations
 import itertools
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,46 +20,25 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.artifacts import attempt_dir, trial_dir
 from app.db import transaction
-from app.models import EpochMetric, Job, RegisteredModel, Trial, Worker
+from app.models import Job, RegisteredModel, Trial, Worker
 from app.queue import Claim, cancel_job, claim_trial, submit_job
 from app.settings import Settings
 from app.worker import LeaseKeeper, describe_error, retry_db, run_worker
-from ml.config import JobSpec
 from ml.data import load_dataset, make_splits
 from ml.train import EpochMetrics, TrialHooks, TrialResult, run_trial
-from tests.synthetic import write_image_folder
-
-REPO = Path(__file__).resolve().parents[2]
-# The ML engine's fast test recipe (tests/ml/conftest.py): separates the synthetic classes in 2 epochs.
-TINY_TRAIN: dict[str, Any] = {
-    "arch": "resnet18_imagenet",
-    "batch_size": 16,
-    "optimizer": "adamw",
-    "lr": 1e-3,
-    "weight_decay": 0.05,
-    "ema_decay": 0.9,
-    "deterministic": True,
-}
-TINY_DATA = {"val_size": 60}  # of 300 synthetic train images; 50 test images
-TRAIN_TIMEOUT_S = 240.0
+from tests.app.workers import (
+    TRAIN_TIMEOUT_S,
+    epoch_rows,
+    finish,
+    start_worker,
+    tiny_spec,
+    trial_row,
+    wait_for,
+    worker_rows,
+    worker_thread,
+)
 
 Submit = Callable[..., tuple[int, list[int]]]
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("cifar")
-    write_image_folder(root, n_train_per_class=30, n_test_per_class=5)
-    return root
-
-
-@pytest.fixture
-def one_thread() -> Iterator[None]:
-    """Everyone shares two cores; a worker process gets OMP_NUM_THREADS=1 for the same reason."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture
@@ -69,88 +46,12 @@ def submit_job_of(factory: sessionmaker[Session]) -> Submit:
     """submit_job_of(epochs, seeds=(0,), max_attempts=3) -> (job id, trial ids)."""
 
     def _submit(epochs: int, seeds: tuple[int, ...] = (0,), max_attempts: int = 3) -> tuple[int, list[int]]:
-        spec = _spec(epochs, seeds, max_attempts)
+        spec = tiny_spec(epochs, seeds, max_attempts)
         with transaction(factory) as session:
             job, _ = submit_job(session, spec)
             return job.id, [trial.id for trial in job.trials]
 
     return _submit
-
-
-def _spec(epochs: int, seeds: tuple[int, ...] = (0,), max_attempts: int = 3) -> JobSpec:
-    return JobSpec.model_validate(
-        {
-            "search": {"space": {"seed": list(seeds)}},
-            "train": {**TINY_TRAIN, "epochs": epochs},
-            "data": TINY_DATA,
-            "max_attempts": max_attempts,
-        }
-    )
-
-
-def _start_worker(settings: Settings, log_file: Path, *args: str) -> subprocess.Popen[bytes]:
-    env = os.environ | {
-        "PYTHONPATH": str(REPO),
-        "OMP_NUM_THREADS": "1",
-        "SWEEPSERVE_DATABASE_URL": settings.database_url,
-        "SWEEPSERVE_ARTIFACTS_DIR": str(settings.artifacts_dir),
-        "SWEEPSERVE_DATA_DIR": str(settings.data_dir),
-        "SWEEPSERVE_ALLOW_DOWNLOAD": "false",
-        "SWEEPSERVE_LEASE_SECONDS": str(settings.lease_seconds),
-        "SWEEPSERVE_HEARTBEAT_SECONDS": str(settings.heartbeat_seconds),
-        "SWEEPSERVE_POLL_SECONDS": str(settings.poll_seconds),
-    }
-    with log_file.open("ab") as log:
-        return subprocess.Popen(
-            [sys.executable, "-m", "app.worker", *args],
-            cwd=REPO,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-
-
-def _wait_for(
-    condition: Callable[[], bool], proc: subprocess.Popen[bytes] | None, log_file: Path | None
-) -> None:
-    deadline = time.monotonic() + TRAIN_TIMEOUT_S
-    while not condition():
-        if proc is not None and proc.poll() is not None:
-            log = log_file.read_text() if log_file else ""
-            pytest.fail(f"worker exited with {proc.returncode} before the condition held:\n{log[-4000:]}")
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {TRAIN_TIMEOUT_S} s")
-        time.sleep(0.1)
-
-
-def _finish(proc: subprocess.Popen[bytes], log_file: Path) -> str:
-    try:
-        proc.wait(timeout=TRAIN_TIMEOUT_S)
-    finally:
-        if proc.poll() is None:
-            proc.kill()  # only the worker this test started, by its pid
-            proc.wait()
-    log = log_file.read_text()
-    assert proc.returncode == 0, log[-4000:]
-    return log
-
-
-def _trial(factory: sessionmaker[Session], trial_id: int) -> Trial:
-    with factory() as session:
-        trial = session.get(Trial, trial_id)
-        assert trial is not None
-        return trial
-
-
-def _epochs(factory: sessionmaker[Session], trial_id: int) -> list[EpochMetric]:
-    with factory() as session:
-        query = select(EpochMetric).where(EpochMetric.trial_id == trial_id).order_by(EpochMetric.epoch)
-        return list(session.scalars(query))
-
-
-def _workers(factory: sessionmaker[Session]) -> list[Worker]:
-    with factory() as session:
-        return list(session.scalars(select(Worker)))
 
 
 # --- no training needed ---------------------------------------------------------------------------
@@ -162,14 +63,14 @@ def test_a_raising_trial_is_requeued_then_failed_and_the_worker_goes_on(
     job_id, [trial_id] = submit_job_of(2, max_attempts=2)
     settings = worker_settings()  # its data_dir holds no data set: loading raises DataError
     run_worker(settings, max_trials=2)
-    trial = _trial(factory, trial_id)
+    trial = trial_row(factory, trial_id)
     assert (trial.status, trial.attempts, trial.worker_id is not None) == ("failed", 2, True)
     assert trial.error is not None and trial.error.startswith("DataError: ")
     assert str(settings.data_dir) in trial.error
     with factory() as session:
         job = session.get(Job, job_id)
         assert job is not None and (job.status, job.finished_at is not None) == ("failed", True)
-    assert _workers(factory) == []  # a clean exit removes the worker's row
+    assert worker_rows(factory) == []  # a clean exit removes the worker's row
 
 
 def test_an_idle_worker_polls_until_stopped(
@@ -181,7 +82,7 @@ def test_an_idle_worker_polls_until_stopped(
     def stop_once_registered() -> None:
         deadline = time.monotonic() + 60
         while not registered and time.monotonic() < deadline:
-            registered.extend(_workers(factory))
+            registered.extend(worker_rows(factory))
             time.sleep(0.05)
         time.sleep(0.5)  # a few idle polls (poll_seconds is 0.1)
         stop.set()
@@ -191,7 +92,7 @@ def test_an_idle_worker_polls_until_stopped(
     run_worker(worker_settings(), stop=stop)
     watcher.join()
     assert len(registered) == 1 and registered[0].heartbeat_at is not None  # its row while it ran
-    assert _workers(factory) == []  # removed on the way out
+    assert worker_rows(factory) == []  # removed on the way out
 
 
 def test_lease_keeper_renews_and_then_reports_a_lost_lease(
@@ -206,7 +107,7 @@ def test_lease_keeper_renews_and_then_reports_a_lost_lease(
     expire_lease(trial_id)
     keeper.beat()
     assert not lost.is_set()
-    assert (_trial(factory, trial_id).lease_expires_at or 0) > time.time() + 20  # renewed by 30 s
+    assert (trial_row(factory, trial_id).lease_expires_at or 0) > time.time() + 20  # renewed by 30 s
     expire_lease(trial_id)
     with transaction(factory) as session:
         assert claim_trial(session, "other-worker", 30.0) is not None
@@ -265,7 +166,7 @@ def test_worker_process_trains_a_two_trial_job(
     job_id, trial_ids = submit_job_of(1, seeds=(0, 1))
     settings = worker_settings(data_dir=data_dir)
     log_file = tmp_path / "worker.log"
-    log = _finish(_start_worker(settings, log_file, "--max-trials", "2"), log_file)
+    log = finish(start_worker(settings, log_file, "--max-trials", "2"), log_file)
     with factory() as session:
         job = session.get(Job, job_id)
         trials = [session.get(Trial, trial_id) for trial_id in trial_ids]
@@ -276,7 +177,7 @@ def test_worker_process_trains_a_two_trial_job(
         assert trial.val_accuracy is not None and trial.val_accuracy >= 0.5  # chance is 0.1
         assert trial.test_accuracy is not None and trial.test_accuracy >= 0.5
         assert (trial.attempts, trial.epoch, trial.best_epoch) == (1, 1, 1)
-        assert [m.epoch for m in _epochs(factory, trial.id)] == [1]
+        assert [m.epoch for m in epoch_rows(factory, trial.id)] == [1]
         model = models[trial.id]
         assert (model.epoch, model.val_accuracy, model.arch) == (
             trial.best_epoch,
@@ -287,13 +188,13 @@ def test_worker_process_trains_a_two_trial_job(
         assert (settings.artifacts_dir / model.path).is_file()
         assert (settings.artifacts_dir / model.path).with_name("last.pt").is_file()
         assert f"job_id={job_id} trial_id={trial.id}" in log  # log lines carry the ids
-    assert _workers(factory) == []
+    assert worker_rows(factory) == []
 
 
 @pytest.fixture(scope="module")
 def uninterrupted(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> TrialResult:
     """The 3-epoch trial of the kill -9 test, trained in one go in this process."""
-    spec = _spec(epochs=3)
+    spec = tiny_spec(epochs=3)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -315,9 +216,9 @@ def test_kill_9_mid_trial_then_another_worker_resumes_it_exactly(
     _, [trial_id] = submit_job_of(3)
     settings = worker_settings(data_dir=data_dir, lease_seconds=2.0, heartbeat_seconds=0.5)
     first_log, second_log = tmp_path / "first.log", tmp_path / "second.log"
-    first = _start_worker(settings, first_log)
+    first = start_worker(settings, first_log)
     try:
-        _wait_for(lambda: len(_epochs(factory, trial_id)) >= 1, first, first_log)
+        wait_for(lambda: len(epoch_rows(factory, trial_id)) >= 1, first, first_log)
         os.kill(first.pid, signal.SIGKILL)
         first.wait(timeout=30)
     finally:
@@ -325,12 +226,12 @@ def test_kill_9_mid_trial_then_another_worker_resumes_it_exactly(
             first.kill()
             first.wait()
     assert first.returncode == -signal.SIGKILL
-    assert _trial(factory, trial_id).status == "running"  # nobody wrote it off
+    assert trial_row(factory, trial_id).status == "running"  # nobody wrote it off
 
-    _finish(_start_worker(settings, second_log, "--max-trials", "1"), second_log)
-    trial = _trial(factory, trial_id)
+    finish(start_worker(settings, second_log, "--max-trials", "1"), second_log)
+    trial = trial_row(factory, trial_id)
     assert (trial.status, trial.attempts, trial.epoch) == ("succeeded", 2, 3), trial.error
-    rows = _epochs(factory, trial_id)
+    rows = epoch_rows(factory, trial_id)
     assert [row.epoch for row in rows] == [1, 2, 3]
     assert (rows[0].attempt, rows[-1].attempt) == (1, 2)
     for row, reference in zip(rows, uninterrupted.history, strict=True):
@@ -374,18 +275,18 @@ def test_an_epoch_checkpointed_but_not_recorded_is_recorded_on_resume(
     with transaction(factory) as session:
         claim: Claim | None = claim_trial(session, "doomed", 30.0)
     assert claim is not None
-    spec = _spec(epochs=2)
+    spec = tiny_spec(epochs=2)
     splits = make_splits(load_dataset("cifar10", data_dir, False), spec.data, seed=spec.train.seed)
     with pytest.raises(_Died):
         out_dir = attempt_dir(trial_dir(settings.artifacts_dir, job_id, trial_id), claim.attempt)
         run_trial(spec.train, splits, out_dir, _DiesAfterCheckpoint(), allow_download=False)
-    assert _epochs(factory, trial_id) == []
+    assert epoch_rows(factory, trial_id) == []
     expire_lease(trial_id)
 
     run_worker(settings, max_trials=1)
-    trial = _trial(factory, trial_id)
+    trial = trial_row(factory, trial_id)
     assert (trial.status, trial.attempts, trial.epoch) == ("succeeded", 2, 2), trial.error
-    assert [(row.epoch, row.attempt) for row in _epochs(factory, trial_id)] == [(1, 2), (2, 2)]
+    assert [(row.epoch, row.attempt) for row in epoch_rows(factory, trial_id)] == [(1, 2), (2, 2)]
 
 
 @pytest.mark.slow
@@ -397,9 +298,12 @@ def test_cancel_stops_a_running_trial_at_the_next_epoch_boundary(
     one_thread: None,
 ) -> None:
     job_id, [trial_id] = submit_job_of(2)
-    thread, errors = _worker_thread(worker_settings(data_dir=data_dir))
+    # Renewals far apart, so the epoch's own write sees the cancel first (tests/app/test_cancellation.py
+    # has the mid-epoch stop through the lease renewal).
+    settings = worker_settings(data_dir=data_dir, lease_seconds=60.0, heartbeat_seconds=30.0)
+    thread, errors = worker_thread(settings)
     try:
-        _wait_for(lambda: _trial(factory, trial_id).status == "running" or not thread.is_alive(), None, None)
+        wait_for(lambda: trial_row(factory, trial_id).status == "running" or not thread.is_alive())
         with transaction(factory) as session:
             running = session.get(Trial, trial_id, with_for_update=True)  # no epoch lands in between
             assert running is not None and running.status == "running"
@@ -408,9 +312,9 @@ def test_cancel_stops_a_running_trial_at_the_next_epoch_boundary(
     finally:
         thread.join(timeout=TRAIN_TIMEOUT_S)
     assert not thread.is_alive() and errors == []
-    trial = _trial(factory, trial_id)
+    trial = trial_row(factory, trial_id)
     assert (trial.status, trial.epoch, trial.test_accuracy) == ("cancelled", epochs_done + 1, None)
-    assert len(_epochs(factory, trial_id)) == epochs_done + 1
+    assert len(epoch_rows(factory, trial_id)) == epochs_done + 1
     with factory() as session:
         job = session.get(Job, job_id)
         assert job is not None and (job.status, job.finished_at is not None) == ("cancelled", True)
@@ -428,38 +332,23 @@ def test_a_worker_that_lost_its_lease_stops_and_writes_nothing(
 ) -> None:
     job_id, [trial_id] = submit_job_of(3)
     settings = worker_settings(data_dir=data_dir, heartbeat_seconds=0.2)
-    thread, errors = _worker_thread(settings)
+    thread, errors = worker_thread(settings)
     try:
-        _wait_for(lambda: _trial(factory, trial_id).status == "running" or not thread.is_alive(), None, None)
+        wait_for(lambda: trial_row(factory, trial_id).status == "running" or not thread.is_alive())
         # The worker looks dead to the queue (e.g. it was paused): its lease runs out and it is reclaimed.
         expire_lease(trial_id)
         with transaction(factory) as session:
             thief = claim_trial(session, "thief", 60.0)
-        rows_when_stolen = [(row.epoch, row.attempt) for row in _epochs(factory, trial_id)]
+        rows_when_stolen = [(row.epoch, row.attempt) for row in epoch_rows(factory, trial_id)]
     finally:
         thread.join(timeout=TRAIN_TIMEOUT_S)
     assert not thread.is_alive() and errors == []
     assert thief is not None and thief.attempt == 2
-    trial = _trial(factory, trial_id)
+    trial = trial_row(factory, trial_id)
     assert (trial.status, trial.worker_id, trial.attempts, trial.error) == ("running", "thief", 2, None)
-    assert [(row.epoch, row.attempt) for row in _epochs(factory, trial_id)] == rows_when_stolen
+    assert [(row.epoch, row.attempt) for row in epoch_rows(factory, trial_id)] == rows_when_stolen
     # Stolen before its first epoch could end: the lease keeper, not a refused epoch write, stopped it.
     assert not list(trial_dir(settings.artifacts_dir, job_id, trial_id).rglob("last.pt"))
-
-
-def _worker_thread(settings: Settings) -> tuple[threading.Thread, list[BaseException]]:
-    """run_worker(settings, max_trials=1) in a thread of this process; errors are collected."""
-    errors: list[BaseException] = []
-
-    def work() -> None:
-        try:
-            run_worker(settings, max_trials=1)
-        except BaseException as exc:
-            errors.append(exc)
-
-    thread = threading.Thread(target=work)
-    thread.start()
-    return thread, errors
 
 
 @pytest.mark.slow
@@ -474,17 +363,17 @@ def test_sigterm_stops_the_worker_without_writing_the_trial_off(
     _, [trial_id] = submit_job_of(3)
     settings = worker_settings(data_dir=data_dir)
     log_file = tmp_path / "worker.log"
-    proc = _start_worker(settings, log_file)
+    proc = start_worker(settings, log_file)
     try:
-        _wait_for(lambda: _trial(factory, trial_id).status == "running", proc, log_file)
+        wait_for(lambda: trial_row(factory, trial_id).status == "running", proc, log_file)
         proc.send_signal(signal.SIGTERM)
     finally:
-        _finish(proc, log_file)
-    trial = _trial(factory, trial_id)
+        finish(proc, log_file)
+    trial = trial_row(factory, trial_id)
     assert (trial.status, trial.attempts, trial.error) == (
         "running",
         1,
         None,
     )  # resumable once the lease ends
     assert trial.epoch < 3
-    assert _workers(factory) == []
+    assert worker_rows(factory) == []

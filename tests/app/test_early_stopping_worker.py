@@ -1,0 +1,161 @@
+"""Early stopping inside the worker, on SQLite and PostgreSQL: the rule reads the job's other curves
+in one query, and a real sweep submitted through the API prunes its bad trials."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import Engine, event
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.artifacts import attempt_dir, trial_dir
+from app.db import transaction
+from app.main import create_app
+from app.queue import Claim, claim_trial, record_epochs, submit_job
+from app.settings import Settings
+from app.worker import decide, run_worker
+from ml.config import EarlyStoppingSpec, JobSpec
+from ml.train import Decision, EpochMetrics
+from tests.app.workers import TINY_DATA, TINY_TRAIN
+
+
+def _metrics(curve: list[float]) -> list[EpochMetrics]:
+    return [EpochMetrics(e, 1.0, 0.5, 1.0, acc, 0.1, 1.0, 100.0) for e, acc in enumerate(curve, start=1)]
+
+
+def _record(factory: sessionmaker[Session], claim: Claim, curve: list[float]) -> None:
+    with transaction(factory) as session:
+        record_epochs(session, claim, [m.as_dict() for m in _metrics(curve)])
+
+
+@pytest.fixture
+def three_claims(factory: sessionmaker[Session]) -> list[Claim]:
+    """Trials 0 and 1 of a 9-epoch job with recorded curves; trial 2 claimed, nothing recorded."""
+    spec = JobSpec.model_validate({"search": {"space": {"seed": [0, 1, 2]}}, "train": {"epochs": 9}})
+    with transaction(factory) as session:
+        submit_job(session, spec)
+    claims = []
+    for worker in ("a", "b", "c"):
+        with transaction(factory) as session:
+            claim = claim_trial(session, worker, 60.0)
+        assert claim is not None
+        claims.append(claim)
+    _record(factory, claims[0], [0.50, 0.60, 0.70])
+    _record(factory, claims[1], [0.40, 0.45, 0.50])
+    return claims
+
+
+@pytest.fixture
+def statements(engine: Engine) -> Iterator[list[str]]:
+    """Every SQL statement the engine runs while the test body runs."""
+    seen: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        seen.append(statement)
+
+    event.listen(engine, "before_cursor_execute", record)
+    yield seen
+    event.remove(engine, "before_cursor_execute", record)
+
+
+def _decide(
+    factory: sessionmaker[Session], claim: Claim, rule: dict[str, Any], curve: list[float]
+) -> Decision:
+    with transaction(factory) as session:
+        return decide(session, claim, EarlyStoppingSpec.model_validate(rule), _metrics(curve))
+
+
+ASHA = {"strategy": "asha", "min_epochs": 1, "reduction_factor": 3}
+MEDIAN = {"strategy": "median", "min_epochs": 2}
+
+
+@pytest.mark.parametrize(
+    ("rule", "curve", "expected"),
+    [
+        (ASHA, [0.30], Decision.PRUNE),  # rung 1: third of 3 -> not in the top floor(3/3) = 1
+        (ASHA, [0.55], Decision.CONTINUE),  # rung 1: best of 3
+        (ASHA, [0.55, 0.56], Decision.CONTINUE),  # epoch 2 is no rung
+        (ASHA, [0.55, 0.56, 0.60], Decision.PRUNE),  # rung 3: 0.60 < 0.70, keep 1 of 3
+        (MEDIAN, [0.30], Decision.CONTINUE),  # before min_epochs
+        (MEDIAN, [0.30, 0.40], Decision.PRUNE),  # best 0.40 < median(0.55, 0.425)
+        (MEDIAN, [0.30, 0.50], Decision.CONTINUE),  # 0.50 >= 0.4875
+        ({"strategy": "none"}, [0.0], Decision.CONTINUE),
+    ],
+)
+def test_decide_applies_the_jobs_rule_to_the_other_trials_curves(
+    factory: sessionmaker[Session],
+    three_claims: list[Claim],
+    rule: dict[str, Any],
+    curve: list[float],
+    expected: Decision,
+) -> None:
+    assert _decide(factory, three_claims[2], rule, curve) is expected
+
+
+def test_decide_reads_the_other_curves_in_one_query(
+    factory: sessionmaker[Session], three_claims: list[Claim], statements: list[str]
+) -> None:
+    assert _decide(factory, three_claims[2], ASHA, [0.30]) is Decision.PRUNE
+    reads = [s for s in statements if s.lstrip().upper().startswith("SELECT")]
+    assert len(reads) == 1 and "epoch_metrics" in reads[0]
+
+
+def test_a_trial_at_its_last_epoch_finishes_instead_of_being_pruned(
+    factory: sessionmaker[Session], three_claims: list[Claim]
+) -> None:
+    three_epochs = replace(three_claims[2], config={**three_claims[2].config, "epochs": 3})
+    assert _decide(factory, three_epochs, MEDIAN, [0.1, 0.1]) is Decision.PRUNE
+    assert _decide(factory, three_epochs, MEDIAN, [0.1, 0.1, 0.1]) is Decision.CONTINUE
+
+
+# --- a real sweep through the API ------------------------------------------------------------------
+
+EPOCHS = 3
+# Trial 0 is bad but first at rung 1, so ASHA lets it run (the first arrival always continues);
+# trial 1 is good; trials 2 and 3 are bad and arrive when rung 1 already has better results.
+LRS = [1e-7, 1e-3, 2e-7, 3e-7]
+
+
+@pytest.mark.slow
+def test_an_asha_sweep_prunes_its_bad_trials_and_trains_fewer_epochs_than_the_grid(
+    worker_settings: Callable[..., Settings], data_dir: Path, one_thread: None
+) -> None:
+    settings = worker_settings(data_dir=data_dir)
+    body = {
+        "name": "asha",
+        "search": {"space": {"lr": LRS}},
+        "train": {**TINY_TRAIN, "epochs": EPOCHS},
+        "data": TINY_DATA,
+        "early_stopping": {"strategy": "asha", "min_epochs": 1, "reduction_factor": 3},
+    }
+    with TestClient(create_app(settings)) as client:
+        response = client.post("/jobs", json=body)
+        assert response.status_code == 202, response.text
+        job_id = response.json()["id"]
+        run_worker(settings, max_trials=len(LRS))
+        job = client.get(f"/jobs/{job_id}").json()
+        details = [client.get(f"/jobs/{job_id}/trials/{t['id']}").json() for t in job["trials"]]
+
+    assert [t["status"] for t in job["trials"]] == ["succeeded", "succeeded", "pruned", "pruned"]
+    assert job["status"] == "succeeded"
+    assert job["progress"] == {
+        "queued": 0,
+        "running": 0,
+        "succeeded": 2,
+        "failed": 0,
+        "pruned": 2,
+        "cancelled": 0,
+    }
+    epochs_trained = sum(t["epoch"] for t in job["trials"])
+    assert epochs_trained == 2 * EPOCHS + 2 < len(LRS) * EPOCHS
+    assert job["best"]["params"] == {"lr": 1e-3} and job["best"]["val_accuracy"] >= 0.5
+    for trial, detail in zip(job["trials"], details, strict=True):
+        assert len(detail["history"]) == trial["epoch"]  # the curve is kept, pruned or not
+        assert trial["test_accuracy"] is not None  # pruned trials are tested once on best.pt
+        folder = attempt_dir(trial_dir(settings.artifacts_dir, job_id, trial["id"]), 1)
+        assert sorted(p.name for p in folder.iterdir()) == ["best.pt", "last.pt"]

@@ -32,7 +32,7 @@ REQUEST_ID_HEADER = "X-Request-ID"
 SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}")
 CONTEXT_FIELDS = ("request_id", "job_id", "trial_id", "worker_id")
 QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
-QUIET_LOGGERS = ("httpx", "httpcore", "alembic.runtime.plugins")
+QUIET_LOGGERS = ("httpx", "httpcore", "alembic")  # alembic says "Context impl SQLiteImpl" on every start
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 _log_fields: ContextVar[Mapping[str, Any]] = ContextVar("sweepserve_log_fields", default=_EMPTY)

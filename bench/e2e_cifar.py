@@ -112,7 +112,7 @@ def predict_accuracy(client: httpx.Client, images: list[tuple[bytes, str]]) -> t
 def grid_and_predict(client: httpx.Client, tarball: Path) -> dict:
     spec = {
         "name": "e2e 2-point grid",
-        "search": {"strategy": "grid", "space": {"lr": [0.05, 0.2]}},
+        "search": {"strategy": "grid", "space": {"lr": [0.02, 0.05]}},
         "train": {"arch": "resnet18_imagenet", "epochs": 1, "batch_size": 128},
         "data": {"train_limit": 10000},
     }
@@ -127,7 +127,8 @@ def grid_and_predict(client: httpx.Client, tarball: Path) -> dict:
         "job_seconds": round(elapsed, 1),
         "job_status": job["status"],
         "trials": [
-            {k: t[k] for k in ("params", "status", "val_accuracy", "test_accuracy", "attempts")} for t in job["trials"]
+            {k: t[k] for k in ("params", "status", "val_accuracy", "test_accuracy", "attempts")}
+            for t in job["trials"]
         ],
         "best": job["best"],
         "served_model": model_id,
@@ -145,7 +146,7 @@ def worker_pid(home: Path) -> int:
 def kill_and_resume(client: httpx.Client, home: Path) -> dict:
     spec = {
         "name": "e2e kill -9",
-        "train": {"arch": "resnet18_imagenet", "epochs": 3, "batch_size": 128},
+        "train": {"arch": "resnet18_imagenet", "epochs": 3, "batch_size": 128, "lr": 0.05},
         "data": {"train_limit": 3000},
     }
     job_id = client.post("/jobs", json=spec).raise_for_status().json()["id"]
@@ -167,7 +168,9 @@ def kill_and_resume(client: httpx.Client, home: Path) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--tarball", type=Path, default=DEFAULT_TARBALL)
     parser.add_argument("--skip-kill", action="store_true")
     args = parser.parse_args()

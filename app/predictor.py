@@ -128,7 +128,8 @@ class Predictor:
         """Switch to the database's active model if it changed; returns the active model id."""
         info = await asyncio.to_thread(self._read_active)
         if info is None:
-            self._active = None  # its job was deleted; serving it would answer for a ghost
+            # No model registered (or its job was deleted: serving it would answer for a ghost).
+            self._active, self.last_error = None, None
             return None
         if self._active is not None and self._active.info.id == info.id:
             return info.id

@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Header, Query, Response
 from fastapi import Path as PathParam
 from pydantic import BeforeValidator, WithJsonSchema
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
@@ -100,7 +100,18 @@ def list_jobs(
     jobs = list(session.scalars(query))
     page = jobs[:limit]
     next_cursor = encode_cursor(page[-1].id) if len(jobs) > limit else None
-    return JobPage(items=[job_summary(j, trial_counts(session, j.id)) for j in page], next_cursor=next_cursor)
+    best = _best_val_accuracies(session, [j.id for j in page])
+    items = [job_summary(j, trial_counts(session, j.id), best.get(j.id)) for j in page]
+    return JobPage(items=items, next_cursor=next_cursor)
+
+
+def _best_val_accuracies(session: Session, job_ids: list[int]) -> dict[int, float]:
+    rows = session.execute(
+        select(Trial.job_id, func.max(Trial.val_accuracy))
+        .where(Trial.job_id.in_(job_ids))
+        .group_by(Trial.job_id)
+    )
+    return {job_id: value for job_id, value in rows if value is not None}
 
 
 @router.get("/{job_id}", response_model=JobOut, responses=problem_responses(404, 422))

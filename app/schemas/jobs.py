@@ -98,6 +98,7 @@ class JobSummary(OrmSchema):
     started_at: UtcDatetime | None
     finished_at: UtcDatetime | None
     progress: dict[TrialStatus, int] = Field(description="trials per status; every status present")
+    best_val_accuracy: Fraction | None = Field(None, description="highest val_accuracy of any trial so far")
 
 
 class JobOut(JobSummary):
@@ -122,8 +123,10 @@ def best_trial(trials: Sequence[Trial]) -> Trial | None:
     return max(scored, key=lambda t: (t.val_accuracy, -t.index), default=None)
 
 
-def job_summary(job: Job, counts: dict[str, int]) -> JobSummary:
-    return JobSummary.model_validate({**_columns(job), "progress": progress(counts)})
+def job_summary(job: Job, counts: dict[str, int], best_val_accuracy: float | None) -> JobSummary:
+    return JobSummary.model_validate(
+        {**_columns(job), "progress": progress(counts), "best_val_accuracy": best_val_accuracy}
+    )
 
 
 def job_out(job: Job, counts: dict[str, int], best: Trial | None, best_model_id: int | None) -> JobOut:
@@ -131,6 +134,7 @@ def job_out(job: Job, counts: dict[str, int], best: Trial | None, best_model_id:
         {
             **_columns(job),
             "progress": progress(counts),
+            "best_val_accuracy": None if best is None else best.val_accuracy,
             "spec": job.spec,
             "best": None if best is None else _best(best, best_model_id),
             "trials": [TrialOut.model_validate(t) for t in job.trials],

@@ -1,12 +1,10 @@
-// The jobs list: GET /jobs (cursor pages, newest first) with each job's best accuracy.
-// The list has no best accuracy, so it comes from GET /jobs/{id}; a finished job's never changes,
-// so it is fetched once, while active jobs are re-read on every poll.
+// The jobs list: GET /jobs (cursor pages, newest first), each item with its best val accuracy.
 
 import { ACTIVE, api, h, pct, poll, statusBadge, when } from "./api.js";
 
 const ACTIVE_POLL_MS = 2000;
 const IDLE_POLL_MS = 10000;
-const state = { pages: 1, items: [], nextCursor: null, best: new Map(), anyActive: false };
+const state = { pages: 1, items: [], nextCursor: null, anyActive: false };
 
 async function fetchPages() {
   const status = document.getElementById("status-filter").value;
@@ -24,15 +22,8 @@ async function fetchPages() {
   return { items, nextCursor: cursor };
 }
 
-async function fetchBest(items) {
-  const stale = items.filter((job) => ACTIVE.has(job.status) || !state.best.has(job.id));
-  const details = await Promise.all(stale.map((job) => api(`/jobs/${job.id}`).catch(() => null)));
-  for (const detail of details) if (detail) state.best.set(detail.id, detail.best?.val_accuracy ?? null);
-}
-
 async function tick() {
   const { items, nextCursor } = await fetchPages();
-  await fetchBest(items);
   Object.assign(state, { items, nextCursor, anyActive: items.some((job) => ACTIVE.has(job.status)) });
   render();
   return true; // new jobs can appear at any time
@@ -54,7 +45,7 @@ function render() {
       h("td", {}, h("a", { href: `/ui/jobs/${job.id}` }, job.name)),
       h("td", {}, statusBadge(job.status)),
       progressCell(job),
-      h("td", { class: "num" }, pct(state.best.get(job.id))),
+      h("td", { class: "num" }, pct(job.best_val_accuracy)),
       h("td", {}, when(job.created_at)),
     ),
   );

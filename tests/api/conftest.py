@@ -70,6 +70,8 @@ def client(settings: Settings) -> Iterator[TestClient]:
     # raise_server_exceptions=False: a 500 must come back as the problem body clients see.
     with TestClient(create_app(settings), raise_server_exceptions=False) as test_client:
         _delete_all_rows(test_client.app.state.session_factory)  # the database lives for the session
+        # The predictor may have found an earlier test's model at start-up: make it see the empty tables.
+        test_client.portal.call(test_client.app.state.predictor.refresh)
         yield test_client
 
 

@@ -184,7 +184,17 @@ def test_list_items_carry_progress_and_the_status_filter_selects(
     assert by_status["cancelled"][0]["progress"]["cancelled"] == 3
     item = client.get("/jobs", params={"status": "running"}).json()["items"][0]
     assert item["id"] == running and item["progress"]["running"] == 1 and item["progress"]["queued"] == 2
-    assert set(item) == {"id", "name", "status", "created_at", "started_at", "finished_at", "progress"}
+    assert set(item) == {
+        "id",
+        "name",
+        "status",
+        "created_at",
+        "started_at",
+        "finished_at",
+        "progress",
+        "best_val_accuracy",
+    }
+    assert item["best_val_accuracy"] is None  # no trial has reported yet
 
 
 @pytest.mark.parametrize(
@@ -230,6 +240,8 @@ def test_best_is_the_highest_val_accuracy_with_its_model(
         },
     )
     best = client.get(f"/jobs/{job['id']}").json()["best"]
+    listed = next(i for i in client.get("/jobs").json()["items"] if i["id"] == job["id"])
+    assert listed["best_val_accuracy"] == 0.74
     assert best == {
         "trial_id": job["trials"][1]["id"],
         "params": {"lr": 0.1},

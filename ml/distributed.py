@@ -179,8 +179,9 @@ class RankHooks(TrialHooks):
 
 @dataclass
 class SplitArrays:
-    """Splits as NHWC numpy arrays: sent to the ranks by value through their start-up pipe. Tensors
-    would go through shared memory, which containers often cap (64 MB /dev/shm) below CIFAR-10."""
+    """Splits as NHWC numpy arrays, sent to each rank by value over its pipe once it runs. Tensors
+    would go through shared memory, which containers often cap (64 MB /dev/shm) below CIFAR-10;
+    and in the spawn arguments, a child that dies before reading them all hangs the parent."""
 
     arrays: dict[str, np.ndarray]
     classes: list[str]
@@ -213,7 +214,6 @@ class RankJob:
     device: torch.device
     device_ids: tuple[int, ...]  # the caller's CUDA ids of the whole team, for the record
     cfg: TrainConfig
-    splits: SplitArrays
     out_dir: Path
     metadata: dict[str, Any]
     allow_download: bool
@@ -260,7 +260,6 @@ def run_ddp_trial(
                 device,
                 ids,
                 cfg,
-                packed,
                 out_dir,
                 {**metadata, "world_size": len(devices)},
                 allow_download,
@@ -274,6 +273,8 @@ def run_ddp_trial(
             process.start()
             theirs.close()
             ranks.append(_Rank(process, ours))
+        for index, rank in enumerate(ranks):
+            _send(index, rank, packed)
         result = _supervise(ranks, hooks, stop)
         reported = True
         return result
@@ -300,6 +301,14 @@ def _supervise(ranks: list[_Rank], hooks: TrialHooks, stop: Event) -> TrialResul
     return result
 
 
+def _send(index: int, rank: _Rank, message: Any) -> None:
+    try:
+        rank.link.send(message)
+    except OSError:  # the rank is gone (the pipe is broken)
+        rank.process.join(EXIT_SECONDS)
+        raise RankFailed(f"rank {index} exited with code {rank.process.exitcode} at start-up") from None
+
+
 def _receive(index: int, rank: _Rank) -> tuple[Any, ...]:
     try:
         return rank.link.recv()
@@ -317,7 +326,7 @@ def _handle(
     if kind == "restored":
         hooks.restored(body[0])
     elif kind == "epoch_end":
-        rank.link.send(hooks.epoch_end(*body) or Decision.CONTINUE)
+        _send(index, rank, hooks.epoch_end(*body) or Decision.CONTINUE)
     elif kind == "done":
         results[index] = body[0]
     else:  # "error": the first failure wins; _end kills the ranks still waiting on the failed one
@@ -345,13 +354,13 @@ def rank_main(job: RankJob, link: Connection, stop: Event) -> None:
     log_format = f"%(asctime)s %(levelname)s rank {job.rank} %(name)s: %(message)s"
     logging.basicConfig(level=job.log_level, format=log_format)
     try:
+        splits = link.recv().unpack()
         device = _own_device(job.device)
         torch.set_num_threads(job.threads)
         with _process_group(job, device):
             team = DistributedTeam(job.rank, job.world_size, device)
             runtime = Runtime(device, job.device_ids, "ddp", precision_for(job.cfg.precision, device))
             hooks = RankHooks(team, link, stop, job.supervisor_pid)
-            splits = job.splits.unpack()
             args = (job.cfg, splits, job.out_dir, hooks, runtime, job.metadata, job.allow_download, team)
             result = train_process(*args)
         link.send(("done", result if team.leader else None))

@@ -6,45 +6,24 @@ dropped at the end, so engineers and CI runs sharing the server never see each o
 
 from __future__ import annotations
 
-import os
-import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import create_engine, delete, text
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import OperationalError
+from sqlalchemy import delete
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.main import create_app
 from app.models import Job, Worker
 from app.settings import Settings
-
-POSTGRES_URL = os.environ.get(
-    "SWEEPSERVE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-)
+from tests.postgres import fresh_postgres_database
 
 
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
-    admin = create_engine(make_url(POSTGRES_URL).set(database="postgres"), isolation_level="AUTOCOMMIT")
-    name = f"sweepserve_api_{os.getpid()}_{secrets.token_hex(4)}"
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-    except OperationalError as exc:
-        admin.dispose()
-        if os.environ.get("CI"):  # same policy as tests/app: CI must not skip PostgreSQL silently
-            pytest.fail(f"PostgreSQL at {POSTGRES_URL} is not reachable and CI is set: {exc.orig}")
-        pytest.skip(f"PostgreSQL at {POSTGRES_URL} is not reachable (CI=1 makes this a failure): {exc.orig}")
-    try:
-        yield make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with fresh_postgres_database("sweepserve_api") as url:
+        yield url
 
 
 @pytest.fixture(scope="session", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

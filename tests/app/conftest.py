@@ -1,24 +1,17 @@
 """Database fixtures for tests of app/: every database test runs on SQLite and on PostgreSQL.
 
-SQLite gets a fresh file per test. PostgreSQL gets a database of its own per test session on
-127.0.0.1:5432 (created from `postgres`, migrated once, emptied before each test, dropped at the
-end), so engineers and CI runs sharing the server never see each other's rows. PostgreSQL tests
-are skipped only when the server is unreachable and CI is not set; under CI they fail instead.
+SQLite gets a fresh file per test. PostgreSQL gets a database of its own per test session
+(tests/postgres.py), migrated once and emptied before each test.
 """
 
 from __future__ import annotations
 
-import os
-import secrets
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, create_engine, text, update
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import OperationalError
+from sqlalchemy import Engine, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.db import db_time, make_engine, session_factory, transaction, upgrade_to_head
@@ -26,34 +19,9 @@ from app.models import Base, Trial
 from app.queue import submit_job
 from app.settings import Settings
 from ml.config import JobSpec
+from tests.postgres import fresh_postgres_database
 
-POSTGRES_URL = os.environ.get(
-    "SWEEPSERVE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-)
 BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
-
-
-@contextmanager
-def fresh_postgres_database(prefix: str = "sweepserve_test") -> Iterator[str]:
-    """A new, empty database on the test server; dropped (connections and all) on exit."""
-    admin = create_engine(make_url(POSTGRES_URL).set(database="postgres"), isolation_level="AUTOCOMMIT")
-    name = f"{prefix}_{os.getpid()}_{secrets.token_hex(4)}"
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-    except OperationalError as exc:
-        admin.dispose()
-        if os.environ.get("CI"):
-            pytest.fail(f"PostgreSQL at {POSTGRES_URL} is not reachable and CI is set: {exc.orig}")
-        pytest.skip(
-            f"PostgreSQL at {POSTGRES_URL} is not reachable (set CI=1 to make this a failure): {exc.orig}"
-        )
-    try:
-        yield make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 @pytest.fixture(scope="session")

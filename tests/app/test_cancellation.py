@@ -19,7 +19,15 @@ from app.db import transaction
 from app.models import Job, RegisteredModel
 from app.queue import cancel_job, submit_job
 from app.settings import Settings
-from tests.app.workers import TRAIN_TIMEOUT_S, epoch_rows, tiny_spec, trial_row, wait_for, worker_thread
+from tests.app.workers import (
+    SMALLER_DATA,
+    TRAIN_TIMEOUT_S,
+    epoch_rows,
+    tiny_spec,
+    trial_row,
+    wait_for,
+    worker_thread,
+)
 
 
 def _live_modules() -> int:
@@ -38,10 +46,8 @@ def test_cancel_stops_a_running_trial_mid_epoch_and_releases_its_model(
     data_dir: Path,
     one_thread: None,
 ) -> None:
-    # Batches of 4: an epoch is 60 batches, much longer than a renewal (0.1 s) plus 10 batches.
-    spec = tiny_spec(epochs=3).model_copy(
-        update={"train": tiny_spec(epochs=3).train.model_copy(update={"batch_size": 4})}
-    )
+    # Batches of 4: an epoch is 30 batches, much longer than a renewal (0.1 s) plus 10 batches.
+    spec = tiny_spec(epochs=3, data=SMALLER_DATA, batch_size=4)
     with transaction(factory) as session:
         job, _ = submit_job(session, spec)
         job_id, trial_id = job.id, job.trials[0].id

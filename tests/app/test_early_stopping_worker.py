@@ -21,7 +21,7 @@ from app.settings import Settings
 from app.worker import decide, run_worker
 from ml.config import EarlyStoppingSpec, JobSpec
 from ml.train import Decision, EpochMetrics
-from tests.app.workers import TINY_DATA, TINY_TRAIN
+from tests.app.workers import SMALLER_DATA, TINY_TRAIN
 
 
 def _metrics(curve: list[float]) -> list[EpochMetrics]:
@@ -115,7 +115,7 @@ def test_a_trial_at_its_last_epoch_finishes_instead_of_being_pruned(
 
 # --- a real sweep through the API ------------------------------------------------------------------
 
-EPOCHS = 3
+EPOCHS = 2
 # Trial 0 is bad but first at rung 1, so ASHA lets it run (the first arrival always continues);
 # trial 1 is good; trials 2 and 3 are bad and arrive when rung 1 already has better results.
 LRS = [1e-7, 1e-3, 2e-7, 3e-7]
@@ -130,7 +130,7 @@ def test_an_asha_sweep_prunes_its_bad_trials_and_trains_fewer_epochs_than_the_gr
         "name": "asha",
         "search": {"space": {"lr": LRS}},
         "train": {**TINY_TRAIN, "epochs": EPOCHS},
-        "data": TINY_DATA,
+        "data": SMALLER_DATA,
         "early_stopping": {"strategy": "asha", "min_epochs": 1, "reduction_factor": 3},
     }
     with TestClient(create_app(settings)) as client:

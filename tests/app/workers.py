@@ -33,18 +33,24 @@ TINY_TRAIN: dict[str, Any] = {
     "deterministic": True,
 }
 TINY_DATA = {"val_size": 60}  # of 300 synthetic train images; 50 test images
+SMALLER_DATA = {"val_size": 40, "train_limit": 120}  # half the images: still ~0.75 val accuracy in 1 epoch
 TRAIN_TIMEOUT_S = 240.0
 
 
-def tiny_spec(epochs: int, seeds: tuple[int, ...] = (0,), max_attempts: int = 3, **extra: Any) -> JobSpec:
-    """A job over `seeds` with the tiny recipe; `extra` adds or replaces top-level JobSpec fields."""
+def tiny_spec(
+    epochs: int,
+    seeds: tuple[int, ...] = (0,),
+    max_attempts: int = 3,
+    data: dict[str, Any] | None = None,
+    **train: Any,
+) -> JobSpec:
+    """A job over `seeds` with the tiny recipe; `train` overrides recipe fields."""
     return JobSpec.model_validate(
         {
             "search": {"space": {"seed": list(seeds)}},
-            "train": {**TINY_TRAIN, "epochs": epochs},
-            "data": TINY_DATA,
+            "train": {**TINY_TRAIN, "epochs": epochs, **train},
+            "data": data or TINY_DATA,
             "max_attempts": max_attempts,
-            **extra,
         }
     )
 

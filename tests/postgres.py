@@ -1,0 +1,46 @@
+"""A throwaway PostgreSQL database per use, shared by every test folder.
+
+Each gets a database of its own on the test server (created from `postgres`, dropped with its
+connections at the end), so engineers and CI runs sharing the server never see each other's rows.
+PostgreSQL tests are skipped only when the server is unreachable and CI is not set; under CI
+they fail instead.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
+
+POSTGRES_URL = os.environ.get(
+    "SWEEPSERVE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
+
+
+@contextmanager
+def fresh_postgres_database(prefix: str = "sweepserve_test") -> Iterator[str]:
+    """A new, empty database on the test server; dropped (connections and all) on exit."""
+    admin = create_engine(make_url(POSTGRES_URL).set(database="postgres"), isolation_level="AUTOCOMMIT")
+    name = f"{prefix}_{os.getpid()}_{secrets.token_hex(4)}"
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except OperationalError as exc:
+        admin.dispose()
+        if os.environ.get("CI"):
+            pytest.fail(f"PostgreSQL at {POSTGRES_URL} is not reachable and CI is set: {exc.orig}")
+        pytest.skip(
+            f"PostgreSQL at {POSTGRES_URL} is not reachable (set CI=1 to make this a failure): {exc.orig}"
+        )
+    try:
+        yield make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()

@@ -10,6 +10,7 @@ from fastapi import FastAPI
 
 from app import db
 from app.auth import protected
+from app.limits import install_body_limit
 from app.logs import install_request_ids
 from app.metrics import install_metrics
 from app.metrics import router as metrics_router
@@ -43,6 +44,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in (jobs.router, models.router, predict.router, metrics_router):
         app.include_router(router, **protected())
     install_dashboard(app)  # pages and static files public; its JSON route protected
+    install_body_limit(app, app.state.settings.max_body_bytes)
     install_metrics(app)
     install_request_ids(app)  # after install_metrics: the outermost wrapper, so metrics lines carry the id
     return app

@@ -337,9 +337,11 @@ class WorkerLoop:
         except DB_UNAVAILABLE:
             return  # the worker is stopping; the next attempt's retention tidies up
         if exists:
-            discard_superseded(trial_path)
+            deleted = discard_superseded(trial_path)
         else:
             shutil.rmtree(trial_path, ignore_errors=True)
+            deleted = [claim.attempt]
+        log.info("attempt %d superseded; deleted the files of attempt(s) %s", claim.attempt, deleted)
 
     def _outcome(self, result: TrialResult) -> Outcome:
         model_path = None

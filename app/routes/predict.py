@@ -72,7 +72,7 @@ async def predict(
 
 async def read_images(request: Request, settings: Settings) -> list[bytes]:
     """The image files of a request, within the body, part and image-count limits."""
-    body = await read_capped_body(request, settings.max_body_bytes)
+    body = await request.body()  # app.limits caps its size for every route
     if not body:
         raise Problem(422, "Empty body", 'send images as multipart `file` parts or JSON {"images": [...]}')
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -82,25 +82,6 @@ async def read_images(request: Request, settings: Settings) -> list[bytes]:
         # Parsing megabytes of JSON and base64 must not stall the event loop.
         return await asyncio.to_thread(_json_images, body, settings.max_images_per_request)
     raise Problem(415, "Unsupported body", f"Content-Type {content_type or 'none'}: use multipart or JSON")
-
-
-async def read_capped_body(request: Request, limit: int) -> bytes:
-    """The whole body, refused with 413 as soon as it is known to exceed `limit` bytes."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise _too_large(f"the body is {declared} bytes; at most {limit} are accepted")
-    chunks, size = [], 0
-    async for chunk in request.stream():  # Content-Length may be absent (chunked) or wrong
-        size += len(chunk)
-        if size > limit:
-            raise _too_large(f"the body exceeds {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def _too_large(detail: str) -> Problem:
-    # Close the connection: the client may still be sending the rest of a body we will not read.
-    return Problem(413, "Request too large", detail, headers={"Connection": "close"})
 
 
 async def _multipart_files(request: Request, body: bytes, max_images: int) -> list[bytes]:

@@ -10,6 +10,7 @@ last.pt adds the training state for resuming (see ml.train).
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,11 @@ FORMAT = 1
 
 def save_atomic(obj: dict[str, Any], path: Path) -> None:
     """torch.save into a temp file beside `path`, fsync, rename: a crash leaves the old file or the new."""
-    atomic_write(Path(path), lambda f: torch.save(obj, f))
+    # Serialised in memory first: torch.save straight into a file turns a full disk into an opaque
+    # "RuntimeError: [enforce fail at inline_container.cc] unexpected pos"; a plain write says ENOSPC.
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write(Path(path), lambda f: f.write(buffer.getbuffer()))
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

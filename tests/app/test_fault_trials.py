@@ -9,7 +9,8 @@ import contextlib
 import errno
 import os
 import subprocess
-from collections.abc import Callable, Iterator
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from app.queue import InvalidTransition, LeaseLost, Outcome, claim_trial, finish
 from app.settings import Settings
 from app.worker import run_worker
 from ml.config import JobSpec
-from tests.app.workers import SMALLER_DATA, TINY_TRAIN, tiny_spec
+from tests.app.workers import SMALLER_DATA, TINY_TRAIN, TRAIN_TIMEOUT_S, tiny_spec, wait_for, worker_thread
 
 DEVICE_BATCH_LIMIT = 32  # the injected out-of-memory: a "device" that holds at most this many images
 
@@ -72,6 +73,11 @@ def test_finish_is_idempotent_for_the_same_attempt_only(
         finish_trial(session, claim, Outcome("pruned", history, 0.5, None, None))
 
 
+def _all_finished(factory: sessionmaker[Session], job_ids: Iterable[int]) -> bool:
+    with factory() as session:
+        return None not in session.scalars(select(Job.finished_at).where(Job.id.in_(list(job_ids))))
+
+
 def _job_of(factory: sessionmaker[Session], trial_id: int) -> int:
     with factory() as session:
         return session.scalar(select(Trial.job_id).where(Trial.id == trial_id)) or 0
@@ -110,15 +116,23 @@ def test_raising_trials_fail_after_max_attempts_with_their_error_while_the_other
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))  # no cached ImageNet weights
     base = {"data": SMALLER_DATA, "max_attempts": 2}
     jobs = {
-        # lr 10 with plain SGD: the weights blow up within the first epoch.
+        # lr 10 with plain SGD on batches of 4: the loss is NaN by batch 20 of the first epoch.
         "nan": {"search": {"space": {"lr": [1e-3, 10.0]}},
-                "train": {**TINY_TRAIN, "optimizer": "sgd", "epochs": 1, "warmup_fraction": 0.0}},
+                "train": {**TINY_TRAIN, "optimizer": "sgd", "batch_size": 4, "epochs": 1,
+                          "schedule": "constant", "warmup_fraction": 0.0}},
         "bad config": {"train": {**TINY_TRAIN, "epochs": 1, "pretrained": True}},
         "oom": {"train": {**TINY_TRAIN, "epochs": 1, "batch_size": 64}},
         "fine": {"train": {**TINY_TRAIN, "epochs": 1}},
     }  # fmt: skip
     ids = {name: _submit(factory, JobSpec.model_validate({**base, **body})) for name, body in jobs.items()}
-    run_worker(worker_settings(data_dir=data_dir), max_trials=1 + 2 + 2 + 2 + 1)
+    stop = threading.Event()
+    thread, errors = worker_thread(worker_settings(data_dir=data_dir), max_trials=None, stop=stop)
+    try:
+        wait_for(lambda: _all_finished(factory, ids.values()) or not thread.is_alive())
+    finally:
+        stop.set()
+        thread.join(timeout=TRAIN_TIMEOUT_S)
+    assert errors == []
 
     nan_ok, nan = _trials(factory, ids["nan"])
     [bad_config], [oom], [fine] = (_trials(factory, ids[name]) for name in ("bad config", "oom", "fine"))

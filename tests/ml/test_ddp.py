@@ -11,21 +11,22 @@ import torch
 
 from ml import distributed
 from ml.checkpoint import load_checkpoint
-from ml.config import TrainConfig
-from ml.data import Splits
+from ml.config import DataConfig, TrainConfig
+from ml.data import Splits, make_splits
 from ml.distributed import SplitArrays, per_rank_batch, rank_devices
 from ml.train import Decision, EpochMetrics, TrialAborted, TrialHooks, TrialResult, run_trial
+from tests.synthetic import make_dataset
 
 # Group norm normalises each image on its own, so two ranks of 8 images compute what one process
-# of 16 does, up to float summation order (batch norm would use per-rank statistics). SGD keeps
-# that float noise small; EMA, label smoothing, cutout and TTA stay on.
+# of 16 does, up to float summation order (batch norm would use per-rank statistics). That float
+# noise (1e-6 of a gradient) grows about 50-fold per epoch of 4 steps here, so the curve is short:
+# 2 epochs, losses within 1e-3. EMA, label smoothing, cutout and TTA stay on.
 DDP = TrainConfig(
     arch="resnet18_imagenet",
     norm="group",
     epochs=2,
     batch_size=16,
-    lr=0.02,
-    weight_decay=5e-4,
+    lr=0.005,
     ema_decay=0.9,
     parallel="ddp",
     deterministic=True,
@@ -50,40 +51,48 @@ class Recorder(TrialHooks):
 
 
 @pytest.fixture(scope="module")
-def single(tiny_splits: Splits, tmp_path_factory: pytest.TempPathFactory) -> tuple[TrialResult, Path]:
+def small_splits() -> Splits:
+    """64 train (4 batches of 16), 16 val, 50 test images."""
+    return make_splits(make_dataset(8, 5, seed=0), DataConfig(val_size=16), seed=0)
+
+
+@pytest.fixture(scope="module")
+def single(small_splits: Splits, tmp_path_factory: pytest.TempPathFactory) -> tuple[TrialResult, Path]:
     torch.set_num_threads(1)
     out_dir = tmp_path_factory.mktemp("single")
-    return run_trial(SINGLE, tiny_splits, out_dir, device_ids=[]), out_dir
+    return run_trial(SINGLE, small_splits, out_dir, device_ids=[]), out_dir
 
 
 @pytest.mark.slow
 def test_two_ranks_cancelled_then_resumed_follow_the_single_process_curve(
-    single: tuple[TrialResult, Path], tiny_splits: Splits, tmp_path: Path
+    single: tuple[TrialResult, Path], small_splits: Splits, tmp_path: Path
 ) -> None:
     expected, expected_dir = single
     first = Recorder(cancel_at=1)
-    cancelled = run_trial(DDP, tiny_splits, tmp_path, first, device_ids=[])
+    cancelled = run_trial(DDP, small_splits, tmp_path, first, device_ids=[])
     assert cancelled.status == "cancelled" and cancelled.test_accuracy is None
     assert [m.epoch for m in first.ends] == [1] and cancelled.history == first.ends
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "last.pt"]  # rank 0's, nothing else
 
     second = Recorder()
-    resumed = run_trial(DDP, tiny_splits, tmp_path, second, device_ids=[])
+    resumed = run_trial(DDP, small_splits, tmp_path, second, device_ids=[])
     assert second.restored_history == first.ends and [m.epoch for m in second.ends] == [2]
     assert resumed.status == "succeeded" and resumed.environment["parallel"] == "ddp"
     assert resumed.history == [*first.ends, *second.ends]  # rank 0's metrics, as the hooks saw them
 
     for ours, theirs in zip(resumed.history, expected.history, strict=True):
-        assert ours.train_loss == pytest.approx(theirs.train_loss, rel=1e-4)
-        assert ours.val_loss == pytest.approx(theirs.val_loss, rel=1e-4)
+        assert ours.train_loss == pytest.approx(theirs.train_loss, rel=1e-3)
+        assert ours.val_loss == pytest.approx(theirs.val_loss, rel=1e-3)
         assert ours.lr == pytest.approx(theirs.lr, rel=1e-9)
-        assert ours.train_accuracy == pytest.approx(theirs.train_accuracy, abs=2 / 240)  # 240 images
-        assert ours.val_accuracy == pytest.approx(theirs.val_accuracy, abs=2 / 60)
-    assert resumed.test_accuracy == pytest.approx(expected.test_accuracy, abs=2 / 50)
-    assert expected.history[-1].train_loss < expected.history[0].train_loss  # a curve, not a flat line
+        assert ours.train_accuracy == pytest.approx(theirs.train_accuracy, abs=1 / 64 + 1e-9)  # 1 image
+        assert ours.val_accuracy == pytest.approx(theirs.val_accuracy, abs=1 / 16 + 1e-9)
+    assert resumed.test_accuracy == pytest.approx(expected.test_accuracy, abs=1 / 50 + 1e-9)
+    # A curve, not a flat line: the tolerance above is far below what one epoch changes.
+    assert expected.history[1].train_loss < expected.history[0].train_loss * 0.97
+    assert expected.history[1].val_loss < expected.history[0].val_loss * 0.9
 
     ours_ckpt, theirs_ckpt = load_checkpoint(tmp_path / "last.pt"), load_checkpoint(expected_dir / "last.pt")
-    assert ours_ckpt["metadata"]["world_size"] == 2 and ours_ckpt["ema_updates"] == 30  # 15 steps x 2
+    assert ours_ckpt["metadata"]["world_size"] == 2 and ours_ckpt["ema_updates"] == 8  # 4 steps x 2
     for key in ("model", "train_model"):
         for name, tensor in theirs_ckpt[key].items():
             torch.testing.assert_close(ours_ckpt[key][name], tensor, rtol=1e-3, atol=1e-4, msg=name)

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import torch
 from sqlalchemy import Engine
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -64,6 +65,7 @@ from app.settings import Settings, get_settings
 from ml.config import EarlyStoppingSpec, JobSpec, TrainConfig
 from ml.data import Dataset, load_dataset, make_splits
 from ml.early_stopping import should_stop
+from ml.environment import cuda_devices
 from ml.train import Decision, EpochMetrics, TrialAborted, TrialHooks, TrialResult, run_trial
 
 log = logging.getLogger("sweepserve.worker")
@@ -375,6 +377,7 @@ def run_worker(
     gpus: CUDA device ids for every trial; None = all visible (or the CPU), [] = the CPU.
     """
     stop = stop or threading.Event()
+    check_gpus(gpus)
     if settings.heartbeat_seconds >= settings.lease_seconds:
         log.warning(
             "heartbeat_seconds (%s) >= lease_seconds (%s): leases will expire between renewals",
@@ -388,6 +391,17 @@ def run_worker(
             WorkerLoop(settings, engine, gpus, stop).serve(max_trials)
         finally:
             engine.dispose()
+
+
+def check_gpus(gpus: list[int] | None) -> None:
+    """Refuse to start on GPUs this machine lacks: such a worker would claim trial after trial and
+    fail each one, using up their attempts. ValueError names the ids."""
+    ids = cuda_devices(gpus)  # raises when ids are given but CUDA is not available
+    missing = [i for i in ids if i >= torch.cuda.device_count()]
+    if missing:
+        raise ValueError(
+            f"--gpus {gpus}: no CUDA device {missing} (this machine has {torch.cuda.device_count()})"
+        )
 
 
 @contextmanager

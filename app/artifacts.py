@@ -50,7 +50,10 @@ def start_attempt(trial_path: Path, attempt: int) -> Path:
     if earlier and not (out_dir / LAST).is_file():
         source = attempt_dir(trial_path, max(earlier))
         out_dir.mkdir(parents=True, exist_ok=True)
-        for name in (BEST, LAST):  # last.pt last: its presence says the folder is complete
+        # best.pt first, last.pt second: the trainer writes them in the opposite order, so a zombie
+        # still writing the source can leave best.pt older than last.pt (which resume repairs),
+        # never newer; and a last.pt present says the folder is complete.
+        for name in (BEST, LAST):
             if (source / name).is_file():
                 _link_or_copy(source / name, out_dir / name)
     return out_dir

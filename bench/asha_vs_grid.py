@@ -77,10 +77,10 @@ def link_data(data: Path, data_dir: Path) -> None:
 def start_workers(
     args: argparse.Namespace, url: str, artifacts: Path, log: Path
 ) -> list[subprocess.Popen[bytes]]:
-    threads = max(1, (os.cpu_count() or 1) // args.workers)
+    threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // args.workers))
     env = os.environ | {
         "PYTHONPATH": str(REPO),
-        "OMP_NUM_THREADS": str(threads),
+        "OMP_NUM_THREADS": threads,
         "SWEEPSERVE_DATABASE_URL": url,
         "SWEEPSERVE_ARTIFACTS_DIR": str(artifacts),
         "SWEEPSERVE_DATA_DIR": str(args.data_dir),

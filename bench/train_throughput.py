@@ -245,14 +245,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--windows", type=int, default=5)
     parser.add_argument("--window-seconds", type=float, default=6.0)
     parser.add_argument("--warmup-seconds", type=float, default=4.0)
-    parser.add_argument("--stem-batch", type=int, default=None, help="default: 512 on CUDA, 128 on the CPU")
+    parser.add_argument("--stem-batch", type=int, default=None, help="default: 512 on CUDA, 32 on the CPU")
     parser.add_argument("--skip-stem", action="store_true", help="only the comparison with the reference")
     parser.add_argument("--limit", type=int, default=None, help="train on this many images (smoke tests)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args(argv)
     cuda = torch.cuda.is_available() if args.device == "auto" else args.device == "cuda"
     device = torch.device("cuda" if cuda else "cpu")
-    args.stem_batch = args.stem_batch or (512 if cuda else 128)
+    args.stem_batch = args.stem_batch or (512 if cuda else 32)
     root = extracted(find_archive(args.data), args.cache_dir)
     splits = load_splits(root, args.limit)
     results: dict[str, Any] = {"machine": machine(device), "args": {k: str(v) for k, v in vars(args).items()}}

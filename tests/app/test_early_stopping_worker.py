@@ -140,6 +140,11 @@ def test_an_asha_sweep_prunes_its_bad_trials_and_trains_fewer_epochs_than_the_gr
         run_worker(settings, max_trials=len(LRS))
         job = client.get(f"/jobs/{job_id}").json()
         details = [client.get(f"/jobs/{job_id}/trials/{t['id']}").json() for t in job["trials"]]
+        folders = [attempt_dir(trial_dir(settings.artifacts_dir, job_id, t["id"]), 1) for t in job["trials"]]
+        kept = [sorted(p.name for p in folder.iterdir()) for folder in folders]
+        # Retention end to end: deleting the finished job removes its rows and its checkpoint files.
+        deleted = client.delete(f"/jobs/{job_id}")
+        after_delete = client.get(f"/jobs/{job_id}").status_code, client.get("/models").json()
 
     assert [t["status"] for t in job["trials"]] == ["succeeded", "succeeded", "pruned", "pruned"]
     assert job["status"] == "succeeded"
@@ -157,5 +162,6 @@ def test_an_asha_sweep_prunes_its_bad_trials_and_trains_fewer_epochs_than_the_gr
     for trial, detail in zip(job["trials"], details, strict=True):
         assert len(detail["history"]) == trial["epoch"]  # the curve is kept, pruned or not
         assert trial["test_accuracy"] is not None  # pruned trials are tested once on best.pt
-        folder = attempt_dir(trial_dir(settings.artifacts_dir, job_id, trial["id"]), 1)
-        assert sorted(p.name for p in folder.iterdir()) == ["best.pt", "last.pt"]
+    assert kept == [["best.pt", "last.pt"]] * len(LRS)  # best and last per trial, nothing else
+    assert deleted.status_code == 204 and after_delete == (404, {"items": []})
+    assert not (settings.artifacts_dir / "jobs" / str(job_id)).exists()

@@ -1,0 +1,220 @@
+"""Best test accuracy within a wall-clock budget: the default recipe against the report's.
+
+    python bench/time_to_accuracy.py [--budget-seconds 600] [--recipes default,report] [--json FILE]
+
+For each recipe, on the shared CIFAR-10 copy (45,000 train / 5,000 validation / 10,000 test):
+1. probe: time a few training steps and a validation pass of this recipe on this device;
+2. plan: the recipe's own epochs on all 45,000 images if they fit in the budget; else as many
+   whole epochs as fit; else one epoch of as many images as fit (a stratified subset). The
+   schedule (warm-up, one-cycle) is laid out over the planned epochs, so it completes;
+3. train with `ml.train.run_trial`: the checkpoint with the best validation accuracy is tested
+   once on the 10,000 test images. A guard stops before an epoch that would end past the budget
+   (the best checkpoint so far is still tested). The budget covers the whole `run_trial`; the
+   probe is reported apart.
+
+Recipes: `default` (TrainConfig(): CIFAR-stem ResNet-18, batch 512, SGD+Nesterov, one-cycle,
+label smoothing, cutout, EMA, flip TTA); `report` (ml.config.REPORT_RECIPE: torchvision stem,
+batch 32, SGD 0.01, constant); `default_imagenet_stem` (the default recipe on the report's
+cheaper torchvision-stem network, to separate the recipe from the network's cost).
+`--complete` skips the planning and trains each recipe's own epochs on all images (bench/gpu.sh).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # run as a script from anywhere
+
+import torch  # noqa: E402
+
+from bench.cifar10 import DEFAULT_CACHE, extracted, find_archive  # noqa: E402
+from bench.train_throughput import EngineLoop, machine  # noqa: E402
+from ml.config import REPORT_RECIPE, DataConfig, TrainConfig  # noqa: E402
+from ml.data import MEAN, STD, Dataset, load_dataset, make_splits  # noqa: E402
+from ml.environment import determinism  # noqa: E402
+from ml.evaluate import evaluate  # noqa: E402
+from ml.train import Decision, EpochMetrics, TrialHooks, run_trial  # noqa: E402
+
+RECIPES: dict[str, dict[str, Any]] = {
+    "default": {},
+    "report": REPORT_RECIPE,
+    "default_imagenet_stem": {"arch": "resnet18_imagenet"},
+}
+VAL_SIZE = 5000
+SAFETY = 0.9  # of the budget planned for: probes are noisy and other processes share the machine
+
+
+@dataclass
+class Probe:
+    train_images_per_second: float
+    eval_images_per_second: float
+    setup_seconds: float
+    seconds: float  # the probe's own wall time
+
+
+@dataclass
+class Plan:
+    epochs: int
+    train_images: int
+    expected_seconds: float
+
+
+def probe(cfg: TrainConfig, dataset: Dataset, device_ids: list[int], seconds: float) -> Probe:
+    start = time.perf_counter()
+    splits = make_splits(dataset, DataConfig(val_size=_val_size(dataset)), seed=cfg.seed)
+    loop = EngineLoop(cfg, splits, device_ids)
+    setup_seconds = time.perf_counter() - start
+    loop.window(0.0)  # one warm-up step
+    train_rate = loop.window(seconds)
+    s = loop.setup
+    n = min(len(s.val_y), 2 * cfg.batch_size)
+    eval_start = time.perf_counter()
+    evaluate(
+        s.eval_runner,
+        s.val_x[:n],
+        s.val_y[:n],
+        cfg.batch_size,
+        MEAN,
+        STD,
+        cfg.tta,
+        cfg.channels_last,
+        s.runtime.precision,
+    )
+    eval_rate = n / (time.perf_counter() - eval_start)
+    return Probe(train_rate, eval_rate, setup_seconds, time.perf_counter() - start)
+
+
+def plan(cfg: TrainConfig, measured: Probe, budget: float, n_train: int, n_val: int, n_test: int) -> Plan:
+    """Epochs and training images whose schedule completes within `budget` seconds."""
+
+    def seconds(epochs: int, images: int) -> float:
+        per_epoch = images / measured.train_images_per_second + n_val / measured.eval_images_per_second
+        return measured.setup_seconds + epochs * per_epoch + n_test / measured.eval_images_per_second
+
+    available = SAFETY * budget
+    epochs = min(cfg.epochs, math.floor((available - seconds(0, 0)) / (seconds(1, n_train) - seconds(0, 0))))
+    if epochs >= 1:
+        return Plan(epochs, n_train, seconds(epochs, n_train))
+    images = math.floor((available - seconds(1, 0)) * measured.train_images_per_second)
+    if images < min(cfg.batch_size, n_train):
+        raise SystemExit(f"a budget of {budget:.0f} s does not fit one batch of this recipe here")
+    return Plan(1, images, seconds(1, images))
+
+
+class BudgetGuard(TrialHooks):
+    """Stops before an epoch that would end past the deadline; the best checkpoint is still tested."""
+
+    def __init__(self, deadline: float, epochs: int) -> None:
+        self.deadline, self.epochs, self.fired = deadline, epochs, False
+
+    def epoch_end(self, metrics: EpochMetrics, history: list[EpochMetrics]) -> Decision:
+        if metrics.epoch < self.epochs and time.monotonic() + metrics.seconds > self.deadline:
+            self.fired = True
+            return Decision.PRUNE
+        return Decision.CONTINUE
+
+
+def run_recipe(name: str, dataset: Dataset, device_ids: list[int], args: Any) -> dict[str, Any]:
+    cfg = TrainConfig(**RECIPES[name])
+    print(f"{name}: {cfg.arch}, batch {cfg.batch_size}, lr {cfg.lr}, {cfg.schedule}", flush=True)
+    measured, chosen = None, Plan(cfg.epochs, len(dataset.train_y) - _val_size(dataset), math.nan)
+    if not args.complete:
+        measured = probe(cfg, dataset, device_ids, args.probe_seconds)
+        n_train = len(dataset.train_y) - _val_size(dataset)
+        chosen = plan(cfg, measured, args.budget_seconds, n_train, _val_size(dataset), len(dataset.test_y))
+        print(f"  probe: {measured.train_images_per_second:.0f} train img/s -> plan {chosen}", flush=True)
+    cfg = cfg.model_copy(update={"epochs": chosen.epochs})
+    data_cfg = DataConfig(val_size=_val_size(dataset), train_limit=chosen.train_images)
+    splits = make_splits(dataset, data_cfg, seed=cfg.seed)
+    deadline = time.monotonic() + (math.inf if args.complete else args.budget_seconds)
+    guard = BudgetGuard(deadline, cfg.epochs)
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as out_dir:
+        result = run_trial(cfg, splits, Path(out_dir), guard, device_ids=device_ids, allow_download=False)
+    wall = time.perf_counter() - start
+    summary = {
+        "recipe": name,
+        "config": cfg.model_dump(mode="json"),
+        "probe": asdict(measured) if measured else None,
+        "plan": asdict(chosen),
+        "wall_seconds": wall,
+        "train_seconds": sum(m.seconds for m in result.history),  # training + validation, per epoch
+        "epochs_run": len(result.history),
+        "stopped_by_budget": guard.fired,
+        "best_epoch": result.best_epoch,
+        "best_val_accuracy": result.best_val_accuracy,
+        "test_accuracy": result.test_accuracy,
+        "environment": result.environment,
+    }
+    print(
+        f"  {name}: test accuracy {result.test_accuracy:.4f} (best val {result.best_val_accuracy:.4f} "
+        f"at epoch {result.best_epoch}/{len(result.history)}), {wall:.0f} s",
+        flush=True,
+    )
+    return summary
+
+
+def _val_size(dataset: Dataset) -> int:
+    return min(VAL_SIZE, len(dataset.train_y) // 10)  # smaller only for tiny smoke-test data
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--budget-seconds", type=float, default=600.0, help="per recipe")
+    parser.add_argument("--recipes", default="default,report", help=f"comma-separated: {', '.join(RECIPES)}")
+    parser.add_argument("--complete", action="store_true", help="each recipe's own epochs, no budget")
+    parser.add_argument("--probe-seconds", type=float, default=15.0)
+    parser.add_argument("--data", type=Path, default=None, help="the CIFAR-10 JPEG .tar.gz")
+    parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help="where it is extracted")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    args = parser.parse_args(argv)
+    names = [n.strip() for n in args.recipes.split(",") if n.strip()]
+    unknown = sorted(set(names) - set(RECIPES))
+    if unknown:
+        parser.error(f"unknown recipes {unknown}; known: {', '.join(RECIPES)}")
+    cuda = torch.cuda.is_available() if args.device == "auto" else args.device == "cuda"
+    device = torch.device("cuda" if cuda else "cpu")
+    dataset = load_dataset("cifar10", extracted(find_archive(args.data), args.cache_dir), download=False)
+    results: dict[str, Any] = {"machine": machine(device), "budget_seconds": args.budget_seconds}
+    with determinism(False, device):
+        results["recipes"] = [run_recipe(n, dataset, [0] if cuda else [], args) for n in names]
+    results["machine"]["load_average_after"] = os.getloadavg()
+    print_summary(results)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+def print_summary(results: dict[str, Any]) -> None:
+    m = results["machine"]
+    print(f"\n{m['date']}: {m['device']}, {m['threads']} threads, torch {m['torch']}")
+    before, after = m["load_average"][0], m["load_average_after"][0]
+    print(f"budget {results['budget_seconds']:.0f} s per recipe; load average {before:.1f} -> {after:.1f}\n")
+    print("| recipe | epochs x train images | wall s | s per epoch | best val (epoch) | test accuracy |")
+    print("|---|---|---:|---:|---|---:|")
+    for r in results["recipes"]:
+        plan_ = r["plan"]
+        stopped = " (budget guard)" if r["stopped_by_budget"] else ""
+        print(
+            f"| {r['recipe']} | {r['epochs_run']}/{plan_['epochs']} x {plan_['train_images']}{stopped} | "
+            f"{r['wall_seconds']:.0f} | {r['train_seconds'] / r['epochs_run']:.2f} | "
+            f"{r['best_val_accuracy']:.4f} ({r['best_epoch']}) | "
+            f"{r['test_accuracy']:.4f} |"
+        )
+    by_name = {r["recipe"]: r["test_accuracy"] for r in results["recipes"]}
+    if "default" in by_name and "report" in by_name:
+        print(f"\ndefault - report: {100 * (by_name['default'] - by_name['report']):+.1f} points")
+
+
+if __name__ == "__main__":
+    main()

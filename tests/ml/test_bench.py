@@ -1,0 +1,81 @@
+"""The training benchmarks' own logic: the time-budget plan, and bench/gpu.sh --dry-run end to end
+on the CPU with a tiny synthetic archive (the real CIFAR-10 is for benchmarks, never for tests)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.time_to_accuracy import Plan, Probe, plan
+from ml.config import REPORT_RECIPE, TrainConfig
+from tests.synthetic import write_image_folder, write_tar_gz
+
+REPO = Path(__file__).resolve().parents[2]
+# 1,000 train img/s, 5,000 eval img/s, 10 s of set-up: an epoch of 45,000 images + 5,000 to
+# validate takes 46 s, and the final test of 10,000 images 2 s.
+PROBE = Probe(train_images_per_second=1000.0, eval_images_per_second=5000.0, setup_seconds=10.0, seconds=5.0)
+
+
+def _plan(budget: float, cfg: TrainConfig | None = None) -> Plan:
+    return plan(cfg or TrainConfig(), PROBE, budget, n_train=45_000, n_val=5000, n_test=10_000)
+
+
+def test_a_budget_that_fits_the_recipe_runs_all_its_epochs() -> None:
+    chosen = _plan(budget=3000.0)  # 40 epochs need 10 + 40 * 46 + 2 = 1,852 s
+    assert (chosen.epochs, chosen.train_images) == (40, 45_000)
+    assert chosen.expected_seconds == pytest.approx(1852.0)
+
+
+def test_a_smaller_budget_fits_fewer_whole_epochs_within_its_safety_margin() -> None:
+    chosen = _plan(budget=600.0)  # 90 % of it, 540 s, holds 11 epochs (518 s)
+    assert (chosen.epochs, chosen.train_images) == (11, 45_000)
+    assert chosen.expected_seconds <= 0.9 * 600.0
+    report = _plan(budget=600.0, cfg=TrainConfig(**REPORT_RECIPE))
+    assert report.epochs == 11  # the plan depends on measured speed, not on the recipe's own epochs
+
+
+def test_a_budget_below_one_epoch_trains_one_epoch_of_a_subset() -> None:
+    chosen = _plan(budget=40.0)  # 36 s: 10 s set-up, 1 s validation, 2 s test, 23 s of training
+    assert chosen.epochs == 1 and chosen.train_images == 23_000
+    with pytest.raises(SystemExit, match="does not fit one batch"):
+        _plan(budget=14.0)
+
+
+@pytest.mark.slow
+def test_gpu_sh_dry_run_runs_every_step_on_the_cpu(tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    write_image_folder(tree, n_train_per_class=12, n_test_per_class=3, fmt="jpg")
+    archive = write_tar_gz(tree, tmp_path / "cifar10-jpeg.tar.gz")
+    out = tmp_path / "out"
+    env = os.environ | {
+        "OUT": str(out),
+        "BENCH_CACHE": str(tmp_path / "cache"),
+        "PYTHON": sys.executable,
+        "OMP_NUM_THREADS": "1",  # two shared cores
+    }
+    command = ["bash", "bench/gpu.sh", "--dry-run", "--data", str(archive)]
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+    checks = {c["check"]: c["status"] for c in json.loads((out / "checks.json").read_text())["checks"]}
+    assert checks == {
+        "augmentation on the device": "ok",
+        "bf16 + channels_last training step": "ok",
+        "DataParallel trial": "skipped",  # no GPUs here
+        "DDP trial": "ok",
+    }
+    throughput = json.loads((out / "throughput.json").read_text())
+    medians = {s["name"]: s["median"] for s in throughput["reference"]["series"]}
+    assert set(medians) == {"reference", "ours", "ours_report_hparams"} and min(medians.values()) > 0
+    assert throughput["reference"]["ratio"] == pytest.approx(medians["ours"] / medians["reference"])
+    assert throughput["cifar_stem"]["bf16_over_fp32"] > 0
+    [recipe] = json.loads((out / "recipe.json").read_text())["recipes"]
+    assert recipe["recipe"] == "default" and recipe["epochs_run"] >= 1
+    assert 0.0 <= recipe["test_accuracy"] <= 1.0
+    assert "throughput vs the report-style reference" in done.stdout
+    assert "default recipe: test accuracy" in done.stdout

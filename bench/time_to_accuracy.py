@@ -54,6 +54,10 @@ VAL_SIZE = 5000
 SAFETY = 0.9  # of the budget planned for: probes are noisy and other processes share the machine
 
 
+class DoesNotFit(Exception):
+    """Not even one batch and the evaluations of this recipe fit in the budget on this device."""
+
+
 @dataclass
 class Probe:
     train_images_per_second: float
@@ -107,7 +111,10 @@ def plan(cfg: TrainConfig, measured: Probe, budget: float, n_train: int, n_val: 
         return Plan(epochs, n_train, seconds(epochs, n_train))
     images = math.floor((available - seconds(1, 0)) * measured.train_images_per_second)
     if images < min(cfg.batch_size, n_train):
-        raise SystemExit(f"a budget of {budget:.0f} s does not fit one batch of this recipe here")
+        raise DoesNotFit(
+            f"{budget:.0f} s do not fit one batch plus validation and test here "
+            f"(expected {seconds(1, cfg.batch_size):.0f} s at the probed speed)"
+        )
     return Plan(1, images, seconds(1, images))
 
 
@@ -127,13 +134,31 @@ class BudgetGuard(TrialHooks):
 def run_recipe(name: str, dataset: Dataset, device_ids: list[int], args: Any) -> dict[str, Any]:
     cfg = TrainConfig(**RECIPES[name])
     print(f"{name}: {cfg.arch}, batch {cfg.batch_size}, lr {cfg.lr}, {cfg.schedule}", flush=True)
-    measured, chosen = None, Plan(cfg.epochs, len(dataset.train_y) - _val_size(dataset), math.nan)
+    n_train, n_val = len(dataset.train_y) - _val_size(dataset), _val_size(dataset)
+    measured, chosen = None, Plan(cfg.epochs, n_train, math.nan)
     if not args.complete:
         measured = probe(cfg, dataset, device_ids, args.probe_seconds)
-        n_train = len(dataset.train_y) - _val_size(dataset)
-        chosen = plan(cfg, measured, args.budget_seconds, n_train, _val_size(dataset), len(dataset.test_y))
-        print(f"  probe: {measured.train_images_per_second:.0f} train img/s -> plan {chosen}", flush=True)
+        print(f"  probe: {measured}", flush=True)
+        try:
+            chosen = plan(cfg, measured, args.budget_seconds, n_train, n_val, len(dataset.test_y))
+        except DoesNotFit as exc:
+            print(f"  {name}: {exc}", flush=True)
+            return {"recipe": name, "probe": asdict(measured), "does_not_fit": str(exc)}
+        print(f"  plan: {chosen}", flush=True)
     cfg = cfg.model_copy(update={"epochs": chosen.epochs})
+    done = train_planned(cfg, chosen, dataset, device_ids, args)
+    print(
+        f"  {name}: test accuracy {done['test_accuracy']:.4f} (best val {done['best_val_accuracy']:.4f} "
+        f"at epoch {done['best_epoch']}/{done['epochs_run']}), {done['wall_seconds']:.0f} s",
+        flush=True,
+    )
+    return {"recipe": name, "probe": asdict(measured) if measured else None, "plan": asdict(chosen), **done}
+
+
+def train_planned(
+    cfg: TrainConfig, chosen: Plan, dataset: Dataset, device_ids: list[int], args: Any
+) -> dict[str, Any]:
+    """run_trial on the planned epochs and images; selects on validation, tests once."""
     data_cfg = DataConfig(val_size=_val_size(dataset), train_limit=chosen.train_images)
     splits = make_splits(dataset, data_cfg, seed=cfg.seed)
     deadline = time.monotonic() + (math.inf if args.complete else args.budget_seconds)
@@ -141,27 +166,18 @@ def run_recipe(name: str, dataset: Dataset, device_ids: list[int], args: Any) ->
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as out_dir:
         result = run_trial(cfg, splits, Path(out_dir), guard, device_ids=device_ids, allow_download=False)
-    wall = time.perf_counter() - start
-    summary = {
-        "recipe": name,
+    return {
         "config": cfg.model_dump(mode="json"),
-        "probe": asdict(measured) if measured else None,
-        "plan": asdict(chosen),
-        "wall_seconds": wall,
+        "wall_seconds": time.perf_counter() - start,
         "train_seconds": sum(m.seconds for m in result.history),  # training + validation, per epoch
         "epochs_run": len(result.history),
         "stopped_by_budget": guard.fired,
         "best_epoch": result.best_epoch,
         "best_val_accuracy": result.best_val_accuracy,
         "test_accuracy": result.test_accuracy,
+        "history": [m.as_dict() for m in result.history],
         "environment": result.environment,
     }
-    print(
-        f"  {name}: test accuracy {result.test_accuracy:.4f} (best val {result.best_val_accuracy:.4f} "
-        f"at epoch {result.best_epoch}/{len(result.history)}), {wall:.0f} s",
-        flush=True,
-    )
-    return summary
 
 
 def _val_size(dataset: Dataset) -> int:
@@ -203,6 +219,9 @@ def print_summary(results: dict[str, Any]) -> None:
     print("| recipe | epochs x train images | wall s | s per epoch | best val (epoch) | test accuracy |")
     print("|---|---|---:|---:|---|---:|")
     for r in results["recipes"]:
+        if "does_not_fit" in r:
+            print(f"| {r['recipe']} | does not fit: {r['does_not_fit']} | | | | |")
+            continue
         plan_ = r["plan"]
         stopped = " (budget guard)" if r["stopped_by_budget"] else ""
         print(
@@ -211,8 +230,8 @@ def print_summary(results: dict[str, Any]) -> None:
             f"{r['best_val_accuracy']:.4f} ({r['best_epoch']}) | "
             f"{r['test_accuracy']:.4f} |"
         )
-    by_name = {r["recipe"]: r["test_accuracy"] for r in results["recipes"]}
-    if "default" in by_name and "report" in by_name:
+    by_name = {r["recipe"]: r.get("test_accuracy") for r in results["recipes"]}
+    if by_name.get("default") is not None and by_name.get("report") is not None:
         print(f"\ndefault - report: {100 * (by_name['default'] - by_name['report']):+.1f} points")
 
 

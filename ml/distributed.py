@@ -243,36 +243,26 @@ def run_ddp_trial(
     """`ml.train.run_trial` for parallel="ddp": same arguments, same result, same exceptions."""
     devices = rank_devices(device_ids, cpu_world_size)
     per_rank_batch(cfg.batch_size, len(devices))
-    ids = tuple(d.index for d in devices if d.type == "cuda")
     # The supervisor hosts the rendezvous store on a free port: no port to choose, none to collide.
     store = dist.TCPStore(HOST, 0, is_master=True, wait_for_workers=False, timeout=COLLECTIVE_TIMEOUT)
     context = mp.get_context("spawn")  # CUDA cannot be used in forked children
     stop = context.Event()
-    packed = SplitArrays.pack(splits)
-    threads = max(1, torch.get_num_threads() // len(devices)) if not ids else torch.get_num_threads()
+    log.info(
+        "ddp: %d ranks on %s, %d images per rank and step",
+        len(devices),
+        devices[0].type,
+        cfg.batch_size // len(devices),
+    )
     ranks: list[_Rank] = []
     reported = False
     try:
-        for rank, device in enumerate(devices):
-            job = RankJob(
-                rank,
-                len(devices),
-                device,
-                ids,
-                cfg,
-                out_dir,
-                {**metadata, "world_size": len(devices)},
-                allow_download,
-                store.port,
-                threads,
-                logging.getLogger().getEffectiveLevel(),
-                os.getpid(),
-            )
+        for job in _rank_jobs(cfg, devices, out_dir, metadata, allow_download, store.port):
             ours, theirs = context.Pipe()
-            process = context.Process(target=rank_main, args=(job, theirs, stop), name=f"ddp-rank-{rank}")
+            process = context.Process(target=rank_main, args=(job, theirs, stop), name=f"ddp-rank-{job.rank}")
             process.start()
             theirs.close()
             ranks.append(_Rank(process, ours))
+        packed = SplitArrays.pack(splits)
         for index, rank in enumerate(ranks):
             _send(index, rank, packed)
         result = _supervise(ranks, hooks, stop)
@@ -281,6 +271,36 @@ def run_ddp_trial(
     finally:
         _end(ranks, grace=EXIT_SECONDS if reported else 0.0)
         del store
+
+
+def _rank_jobs(
+    cfg: TrainConfig,
+    devices: list[torch.device],
+    out_dir: Path,
+    metadata: dict[str, Any],
+    allow_download: bool,
+    store_port: int,
+) -> list[RankJob]:
+    world_size = len(devices)
+    ids = tuple(d.index for d in devices if d.type == "cuda")
+    threads = max(1, torch.get_num_threads() // world_size)  # the caller's CPU threads, shared out
+    return [
+        RankJob(
+            rank=rank,
+            world_size=world_size,
+            device=device,
+            device_ids=ids,
+            cfg=cfg,
+            out_dir=out_dir,
+            metadata={**metadata, "world_size": world_size},
+            allow_download=allow_download,
+            store_port=store_port,
+            threads=threads,
+            log_level=logging.getLogger().getEffectiveLevel(),
+            supervisor_pid=os.getpid(),
+        )
+        for rank, device in enumerate(devices)
+    ]
 
 
 def _supervise(ranks: list[_Rank], hooks: TrialHooks, stop: Event) -> TrialResult:
@@ -297,7 +317,8 @@ def _supervise(ranks: list[_Rank], hooks: TrialHooks, stop: Event) -> TrialResul
             elif not ranks[i].process.is_alive():
                 raise RankFailed(f"rank {i} exited with code {ranks[i].process.exitcode} before reporting")
     result = results[0]
-    assert result is not None  # rank 0 always reports its TrialResult
+    if result is None:
+        raise RankFailed("rank 0 finished without a result")
     return result
 
 
@@ -338,8 +359,9 @@ def _end(ranks: list[_Rank], grace: float) -> None:
     """Let ranks that reported exit within `grace` seconds; kill the rest (after a failure, all)."""
     for rank in ranks:
         rank.process.join(grace)
-    for rank in ranks:
+    for index, rank in enumerate(ranks):
         if rank.process.is_alive():
+            log.warning("killing ddp rank %d (pid %s)", index, rank.process.pid)
             rank.process.kill()  # our own child, by pid
         rank.process.join()
         rank.link.close()
@@ -351,6 +373,9 @@ def _end(ranks: list[_Rank], grace: float) -> None:
 def rank_main(job: RankJob, link: Connection, stop: Event) -> None:
     """Entry point of a spawned rank: train, then send ("done", result) or ("error", exc, traceback)."""
     _die_with_parent()
+    # Ctrl-C reaches the whole process group: the supervisor decides (through `stop`), as a
+    # single-process trial would, instead of every rank dying with KeyboardInterrupt.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     log_format = f"%(asctime)s %(levelname)s rank {job.rank} %(name)s: %(message)s"
     logging.basicConfig(level=job.log_level, format=log_format)
     try:

@@ -38,7 +38,7 @@ from tests.app.workers import (
     worker_thread,
 )
 
-EPOCHS = 3
+EPOCHS = 2
 
 
 def _free_port() -> int:
@@ -195,7 +195,8 @@ def test_restarting_postgresql_mid_trial_loses_nothing(
     assert not worker.is_alive() and errors == []
     trial = trial_row(factory, trial_id)
     assert (trial.status, trial.attempts, trial.epoch) == ("succeeded", 1, EPOCHS), trial.error
-    assert [(row.epoch, row.attempt) for row in epoch_rows(factory, trial_id)] == [(e, 1) for e in (1, 2, 3)]
+    rows = [(row.epoch, row.attempt) for row in epoch_rows(factory, trial_id)]
+    assert rows == [(epoch, 1) for epoch in range(1, EPOCHS + 1)]  # each epoch once, by the one attempt
     assert _job_finished(factory, job_id)
     retried = [r.getMessage() for r in caplog.records if "database unavailable" in r.getMessage()]
     assert retried, "the worker never saw the server down"

@@ -14,7 +14,7 @@ from ml.environment import describe, determinism, restore_rng_state, rng_state, 
 
 
 def test_ddp_is_not_a_single_process_runtime() -> None:
-    with pytest.raises(ValueError, match="ml.distributed"):  # run_trial dispatches ddp before this
+    with pytest.raises(ValueError, match=r"ml\.distributed"):  # run_trial dispatches ddp before this
         select_runtime(TrainConfig(parallel="ddp"), None)
 
 

@@ -87,6 +87,8 @@ import json, pathlib, sys
 out = pathlib.Path(sys.argv[1])
 ratio = json.loads((out / "throughput.json").read_text())["reference"]["ratio"]
 recipe = json.loads((out / "recipe.json").read_text())["recipes"][0]
+if "does_not_fit" in recipe:
+    sys.exit(f"default recipe did not fit its budget: {recipe['does_not_fit']}")
 train_s, accuracy = recipe["train_seconds"], recipe["test_accuracy"]
 print(f"\nthroughput vs the report-style reference: {ratio:.2f}x (goal on a GPU: >= 5x)")
 print(f"default recipe: test accuracy {accuracy:.4f} after {train_s:.1f} s of training and validation "

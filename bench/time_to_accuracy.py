@@ -4,9 +4,10 @@
 
 For each recipe, on the shared CIFAR-10 copy (45,000 train / 5,000 validation / 10,000 test):
 1. probe: time a few training steps and a validation pass of this recipe on this device;
-2. plan: the recipe's own epochs on all 45,000 images if they fit in the budget; else as many
-   whole epochs as fit; else one epoch of as many images as fit (a stratified subset). The
-   schedule (warm-up, one-cycle) is laid out over the planned epochs, so it completes;
+2. plan: the recipe's own epochs on all 45,000 images if they fit in the budget; else the
+   training time the evaluations leave, spread over as many epochs as it takes to see every
+   image (a stratified subset when the last epoch would not fit whole). The schedule (warm-up,
+   one-cycle) is laid out over the planned epochs, so it completes;
 3. train with `ml.train.run_trial`: the checkpoint with the best validation accuracy is tested
    once on the 10,000 test images. A guard stops before an epoch that would end past the budget
    (the best checkpoint so far is still tested). The budget covers the whole `run_trial`; the
@@ -99,23 +100,31 @@ def probe(cfg: TrainConfig, dataset: Dataset, device_ids: list[int], seconds: fl
 
 
 def plan(cfg: TrainConfig, measured: Probe, budget: float, n_train: int, n_val: int, n_test: int) -> Plan:
-    """Epochs and training images whose schedule completes within `budget` seconds."""
+    """Epochs and training images whose schedule completes within `budget` seconds, using it all.
 
-    def seconds(epochs: int, images: int) -> float:
-        per_epoch = images / measured.train_images_per_second + n_val / measured.eval_images_per_second
-        return measured.setup_seconds + epochs * per_epoch + n_test / measured.eval_images_per_second
+    The recipe's own epochs on every image when they fit. Otherwise the training passes get what
+    the fixed costs (set-up, a validation per epoch, the final test) leave, spread over as many
+    epochs as it takes to see every image once or more: e.g. 2 epochs of 42,000 images rather than
+    1 epoch of 45,000 and half the budget unused."""
+    fixed = measured.setup_seconds + n_test / measured.eval_images_per_second
+    validation = n_val / measured.eval_images_per_second
 
-    available = SAFETY * budget
-    epochs = min(cfg.epochs, math.floor((available - seconds(0, 0)) / (seconds(1, n_train) - seconds(0, 0))))
-    if epochs >= 1:
-        return Plan(epochs, n_train, seconds(epochs, n_train))
-    images = math.floor((available - seconds(1, 0)) * measured.train_images_per_second)
-    if images < min(cfg.batch_size, n_train):
+    def trainable(epochs: int) -> float:
+        return (SAFETY * budget - fixed - epochs * validation) * measured.train_images_per_second
+
+    smallest_epoch = min(cfg.batch_size, n_train)
+    epochs = min(cfg.epochs, max(1, math.ceil(trainable(1) / n_train)))
+    # Each extra epoch costs a validation: never spread the time so thin an epoch lacks a batch.
+    while epochs > 1 and trainable(epochs) / epochs < smallest_epoch:
+        epochs -= 1
+    images = min(n_train, math.floor(trainable(epochs) / epochs))
+    if images < smallest_epoch:
         raise DoesNotFit(
             f"{budget:.0f} s do not fit one batch plus validation and test here "
-            f"(expected {seconds(1, cfg.batch_size):.0f} s at the probed speed)"
+            f"(set-up and evaluations alone take {fixed + validation:.0f} s at the probed speed)"
         )
-    return Plan(1, images, seconds(1, images))
+    expected = fixed + epochs * (validation + images / measured.train_images_per_second)
+    return Plan(epochs, images, expected)
 
 
 class BudgetGuard(TrialHooks):

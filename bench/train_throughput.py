@@ -134,7 +134,7 @@ class EngineLoop:
         runtime = select_runtime(cfg, device_ids)
         seed_everything(cfg.seed)
         self.setup: TrialSetup = build_setup(cfg, splits, runtime, allow_download=False)
-        self.setup.wrap()
+        self.compile_seconds = self.setup.wrap()  # None unless cfg.compile
         self.batches = itertools.chain.from_iterable(self._epoch() for _ in itertools.count())
 
     def _epoch(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -198,13 +198,21 @@ def compare_with_reference(root: Path, splits: Splits, device: torch.device, arg
         "ours_report_hparams": EngineLoop(report_on_engine, splits, ids).window,
     }
     batches = {"reference": loader.batch_size or 32, "ours": ours.batch_size}
+    compile_seconds = None
+    if args.compile:
+        compiled = EngineLoop(ours.model_copy(update={"compile": True}), splits, ids)
+        compile_seconds = compiled.compile_seconds
+        loops["ours_compiled"], batches["ours_compiled"] = compiled.window, ours.batch_size
     series = {name: Series(name, batches.get(name, report_on_engine.batch_size)) for name in loops}
     print(f"reference ({workers} loader workers) vs ours, torchvision ResNet-18:", flush=True)
     take_turns(loops, series, args)
+    medians = {name: s.median for name, s in series.items()}
     return {
         "series": [asdict(s) | {"median": s.median} for s in series.values()],
-        "ratio": series["ours"].median / series["reference"].median,
-        "ratio_report_hparams": series["ours_report_hparams"].median / series["reference"].median,
+        "ratio": medians["ours"] / medians["reference"],
+        "ratio_report_hparams": medians["ours_report_hparams"] / medians["reference"],
+        "ratio_compiled": medians["ours_compiled"] / medians["reference"] if args.compile else None,
+        "compile_seconds": compile_seconds,
     }
 
 
@@ -247,6 +255,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup-seconds", type=float, default=4.0)
     parser.add_argument("--stem-batch", type=int, default=None, help="default: 512 on CUDA, 32 on the CPU")
     parser.add_argument("--skip-stem", action="store_true", help="only the comparison with the reference")
+    parser.add_argument("--compile", action="store_true", help="also ours with torch.compile")
     parser.add_argument("--limit", type=int, default=None, help="train on this many images (smoke tests)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args(argv)
@@ -280,6 +289,9 @@ def print_summary(results: dict[str, Any]) -> None:
         f"\nours / reference: {ref['ratio']:.2f}x (report hyper-parameters on our engine: "
         f"{ref['ratio_report_hparams']:.2f}x)"
     )
+    if ref.get("ratio_compiled") is not None:
+        seconds = ref["compile_seconds"]
+        print(f"ours compiled / reference: {ref['ratio_compiled']:.2f}x (compiled in {seconds:.0f} s)")
     if "cifar_stem" in results:
         stem = results["cifar_stem"]
         epochs = ", ".join(f"{p} {s:.1f} s" for p, s in stem["epoch_seconds"].items())

@@ -8,7 +8,8 @@ Job status:
     cancelled  cancelled by a user; queued trials were cancelled, running ones stop at a boundary
 
 Trial status (allowed transitions in `TRIAL_TRANSITIONS`):
-    queued     waiting for a worker
+    queued     waiting for a worker; also a trial paused at an ASHA rung (`pauses` > 0), which
+               resumes from its last.pt once the job's other trials have reached that rung
     running    claimed by `worker_id` for attempt `attempts`, lease until `lease_expires_at`
     succeeded  trained all epochs
     failed     raised, or lost its lease, `max_attempts` times; `error` says why
@@ -88,6 +89,7 @@ class Trial(Base):
     test_accuracy: Mapped[float | None] = mapped_column(Float)  # once, at the best epoch
     train_loss: Mapped[float | None] = mapped_column(Float)  # last epoch's
     attempts: Mapped[int] = mapped_column(default=0)  # claims so far
+    pauses: Mapped[int] = mapped_column(default=0, server_default="0")  # claims ended by an ASHA pause
     max_attempts: Mapped[int] = mapped_column(default=3)
     error: Mapped[str | None] = mapped_column(Text)
     worker_id: Mapped[str | None] = mapped_column(String(128))

@@ -6,15 +6,21 @@ write-back statements used by workers live here too, so every status change has 
 Trial transitions made by workers (all others are refused, see `TRIAL_TRANSITIONS`):
     queued  -> running    `claim_trial`: attempts + 1, lease = database clock + lease_seconds
     running -> running    `claim_trial` again once the lease expired (the worker died or hung)
-    running -> failed     lease expired with attempts == max_attempts (swept before each claim),
+    running -> failed     lease expired after max_attempts failed attempts (swept before each claim),
                           or `fail_trial` on the last attempt
-    running -> queued     `fail_trial` with attempts left: the next claim resumes from last.pt
+    running -> queued     `fail_trial` with attempts left: the next claim resumes from last.pt;
+                          or `pause_trial` at an ASHA rung (pauses + 1; not a failure)
     running -> cancelled  `finish_trial` after the worker saw cancel_requested (at an epoch
                           boundary, or mid-epoch through `renew_lease`); or `fail_trial`/an
                           expired lease when a cancel was requested
     running -> succeeded, pruned   `finish_trial`
 Every write-back is guarded by (trial id, worker id, attempt, status running): a worker whose
-lease was taken over gets `LeaseLost` and writes nothing.
+lease was taken over gets `LeaseLost` and writes nothing. Failed attempts are `attempts - pauses`:
+a claim that ended in an ASHA pause does not count against `max_attempts`.
+
+Claim order: higher job priority first, then older jobs, then, within a job, the trials with the
+fewest completed epochs (breadth first, so a paused trial resumes once the others caught up),
+then the trial index.
 """
 
 from __future__ import annotations
@@ -212,7 +218,7 @@ def claim_trial(session: Session, worker_id: str, lease_seconds: float) -> Claim
         select(candidate.id)
         .join(Job, Job.id == candidate.job_id)
         .where(_claimable(candidate, Job, now))
-        .order_by(Job.priority.desc(), Job.id.asc(), candidate.index.asc())
+        .order_by(Job.priority.desc(), Job.id.asc(), candidate.epoch.asc(), candidate.index.asc())
         .limit(1)
         .with_for_update(of=candidate, skip_locked=True)
     )
@@ -243,10 +249,14 @@ def _claimable(trial: type[Trial], job: type[Job], now: ColumnElement[float]) ->
     abandoned = and_(
         trial.status == "running",
         trial.lease_expires_at < now,
-        trial.attempts < trial.max_attempts,
+        _failures(trial) < trial.max_attempts,
         trial.cancel_requested.is_(False),  # settle_expired_leases cancels those instead
     )
     return or_(fresh, abandoned)
+
+
+def _failures(trial: type[Trial]) -> ColumnElement[int]:
+    return trial.attempts - trial.pauses
 
 
 def settle_expired_leases(session: Session) -> int:
@@ -257,9 +267,10 @@ def settle_expired_leases(session: Session) -> int:
     settle = and_(
         dead.status == "running",
         dead.lease_expires_at < now,
-        or_(dead.attempts >= dead.max_attempts, dead.cancel_requested.is_(True)),
+        or_(_failures(dead) >= dead.max_attempts, dead.cancel_requested.is_(True)),
     )
-    lease_error = literal("lease expired ") + cast(Trial.attempts, String) + literal(" times (worker died?)")
+    failures = cast(_failures(Trial), String)
+    lease_error = literal("lease expired ") + failures + literal(" times (worker died?)")
     settled = (
         update(Trial)
         .where(Trial.id.in_(select(dead.id).where(settle).with_for_update(of=dead, skip_locked=True)))
@@ -390,16 +401,10 @@ def finish_trial(session: Session, claim: Claim, outcome: Outcome) -> None:
 def fail_trial(session: Session, claim: Claim, error: str) -> str:
     """The attempt raised: re-queue the trial while attempts are left, else fail it (a requested
     cancel wins). Returns the new status; the job goes on with its other trials."""
-    current = session.execute(
-        select(Trial.attempts, Trial.max_attempts, Trial.cancel_requested)
-        .where(_held_by(claim))
-        .with_for_update()  # a cancel_job racing this must not see (or leave) a re-queued row
-    ).one_or_none()
-    if current is None:
-        _raise_lost(session, claim, "failed")
+    current = _lock_held(session, claim, "failed")
     if current.cancel_requested:
         status, values = "cancelled", {"finished_at": func.now()}
-    elif current.attempts < current.max_attempts:
+    elif current.failures < current.max_attempts:
         status, values = "queued", {"worker_id": None, "lease_expires_at": None}
     else:
         status, values = "failed", {"finished_at": func.now()}
@@ -408,23 +413,62 @@ def fail_trial(session: Session, claim: Claim, error: str) -> str:
     return status
 
 
+def pause_trial(session: Session, claim: Claim, history: Sequence[Mapping[str, Any]]) -> str:
+    """ASHA paused the trial at a rung: back to the queue with its curve and last.pt, to be
+    claimed again once the trials with fewer epochs have caught up. A requested cancel wins.
+    Returns the new status."""
+    if _lock_held(session, claim, "queued").cancel_requested:
+        status, values = "cancelled", {"finished_at": func.now()}
+    else:
+        status, values = "queued", {"worker_id": None, "lease_expires_at": None, "pauses": Trial.pauses + 1}
+    _write_history(session, claim, history, (), status=status, **values)
+    refresh_job_status(session, claim.job_id)
+    return status
+
+
+def _lock_held(session: Session, claim: Claim, new_status: str) -> Any:
+    """The held trial's failure count and cancel flag, locked: a cancel_job racing a re-queue must
+    not see (or leave) a queued row. LeaseLost when this attempt no longer holds the trial."""
+    current = session.execute(
+        select(_failures(Trial).label("failures"), Trial.max_attempts, Trial.cancel_requested)
+        .where(_held_by(claim))
+        .with_for_update()
+    ).one_or_none()
+    if current is None:
+        _raise_lost(session, claim, new_status)
+    return current
+
+
 def _already_ended(session: Session, claim: Claim, status: str) -> bool:
     ended_by_us = select(Trial.id).where(_attempt_of(claim), Trial.status == status)
     return session.scalar(ended_by_us) is not None
 
 
-def other_val_histories(session: Session, claim: Claim) -> list[list[float]]:
-    """The validation-accuracy curves of the job's other trials, in one query (for early stopping)."""
+@dataclass(frozen=True)
+class Sibling:
+    """Another trial of the same job, as early stopping sees it."""
+
+    status: str
+    curve: list[float]  # validation accuracy per completed epoch
+
+    def still_to_reach(self, epoch: int) -> bool:
+        return self.status in ("queued", "running") and len(self.curve) < epoch
+
+
+def siblings(session: Session, claim: Claim) -> list[Sibling]:
+    """The job's other trials with their validation curves, in one query (for early stopping)."""
     rows = session.execute(
-        select(EpochMetric.trial_id, EpochMetric.val_accuracy)
-        .join(Trial, Trial.id == EpochMetric.trial_id)
+        select(Trial.id, Trial.status, EpochMetric.val_accuracy)
+        .outerjoin(EpochMetric, EpochMetric.trial_id == Trial.id)
         .where(Trial.job_id == claim.job_id, Trial.id != claim.trial_id)
-        .order_by(EpochMetric.trial_id, EpochMetric.epoch)
+        .order_by(Trial.id, EpochMetric.epoch)
     )
-    curves: dict[int, list[float]] = {}
-    for trial_id, val_accuracy in rows:
-        curves.setdefault(trial_id, []).append(val_accuracy)
-    return list(curves.values())
+    found: dict[int, Sibling] = {}
+    for trial_id, status, val_accuracy in rows:
+        sibling = found.setdefault(trial_id, Sibling(status, []))
+        if val_accuracy is not None:
+            sibling.curve.append(val_accuracy)
+    return list(found.values())
 
 
 def _attempt_of(claim: Claim) -> ColumnElement[bool]:

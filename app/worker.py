@@ -9,6 +9,9 @@ zombie's files are never read.
 
 At each epoch boundary the job's early-stopping rule (ASHA, median) decides whether the trial
 goes on; a pruned trial keeps its curve and checkpoints and is tested once on its best.pt.
+ASHA may also pause a trial at a rung until the job's other trials reach it (see
+ml.early_stopping): the worker puts it back in the queue and claims the next; the claim that
+resumes it decides again, at once, before training on.
 A cancel is seen at the next epoch boundary, or within POLL_EVERY batches of the next lease
 renewal (every heartbeat_seconds), whichever comes first.
 
@@ -54,17 +57,18 @@ from app.queue import (
     claim_trial,
     fail_trial,
     finish_trial,
-    other_val_histories,
+    pause_trial,
     record_epochs,
     register_worker,
     renew_lease,
+    siblings,
     touch_worker,
     unregister_worker,
 )
 from app.settings import Settings, get_settings
 from ml.config import EarlyStoppingSpec, JobSpec, TrainConfig
 from ml.data import Dataset, load_dataset, make_splits
-from ml.early_stopping import should_stop
+from ml.early_stopping import Verdict, verdict
 from ml.environment import cuda_devices
 from ml.train import Decision, EpochMetrics, TrialAborted, TrialHooks, TrialResult, run_trial
 
@@ -82,21 +86,35 @@ def make_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 
-def decide(
-    session: Session, claim: Claim, rule: EarlyStoppingSpec, history: Sequence[EpochMetrics]
-) -> Decision:
-    """PRUNE when the job's early-stopping rule stops this trial after its latest epoch.
+DECISION_OF = {
+    Verdict.CONTINUE: Decision.CONTINUE,
+    Verdict.STOP: Decision.PRUNE,
+    Verdict.WAIT: Decision.PAUSE,
+}
 
-    Runs inside the epoch's guarded transaction and reads the other trials' curves of the job
-    in one query. A trial that has just trained its last epoch is finished, never pruned.
+
+def decide(
+    session: Session,
+    claim: Claim,
+    rule: EarlyStoppingSpec,
+    history: Sequence[EpochMetrics],
+    *,
+    may_wait: bool = True,
+) -> Decision:
+    """What the job's early-stopping rule makes of this trial after its latest epoch: go on,
+    PRUNE, or (ASHA) PAUSE while other trials of the job have still to reach this epoch.
+
+    Runs inside the epoch's guarded transaction and reads the job's other trials in one query.
+    A trial that has just trained its last epoch is finished, never pruned. `may_wait` is False
+    when the trial resumes from a pause: it has waited at this rung once already.
     """
     max_epochs = int(claim.config["epochs"])
     if rule.strategy == "none" or len(history) >= max_epochs:
         return Decision.CONTINUE
+    others = siblings(session, claim)
+    waiting_for = may_wait and any(s.still_to_reach(len(history)) for s in others)
     mine = [m.val_accuracy for m in history]
-    if should_stop(rule, mine, other_val_histories(session, claim), max_epochs):
-        return Decision.PRUNE
-    return Decision.CONTINUE
+    return DECISION_OF[verdict(rule, mine, [s.curve for s in others], max_epochs, may_wait=waiting_for)]
 
 
 def retry_db(action: Callable[[], T], what: str, stop: threading.Event) -> T:
@@ -193,8 +211,16 @@ class WorkerHooks(TrialHooks):
         self.worker, self.spec, self.watch, self.trial_path = worker, spec, watch, trial_path
         self.claim = watch.claim
 
-    def restored(self, history: list[EpochMetrics]) -> None:
-        self._write(lambda s: record_epochs(s, self.claim, [m.as_dict() for m in history]), "restore history")
+    def restored(self, history: list[EpochMetrics]) -> Decision:
+        def write(session: Session) -> Decision:
+            if record_epochs(session, self.claim, [m.as_dict() for m in history]):
+                return Decision.CANCEL
+            return decide(session, self.claim, self.spec.early_stopping, history, may_wait=False)
+
+        decision = self._write(write, "restore history")
+        discard_superseded(self.trial_path)  # this attempt holds the trial, and copies of its files
+        log.info("resumed after epoch %d -> %s", len(history), decision.value)
+        return decision
 
     def epoch_end(self, metrics: EpochMetrics, history: list[EpochMetrics]) -> Decision:
         def write(session: Session) -> Decision:
@@ -262,17 +288,20 @@ class WorkerLoop:
                 self.stop.wait(self.settings.poll_seconds)
                 continue
             with log_context(job_id=claim.job_id, trial_id=claim.trial_id):
-                self.process(claim)
-            done += 1
+                paused = self.process(claim)
+            done += not paused  # max_trials counts trials taken to an end, not pauses
         return done
 
-    def process(self, claim: Claim) -> None:
+    def process(self, claim: Claim) -> bool:
+        """Train the claimed trial and write back; returns whether it was paused (ASHA)."""
         log.info("claimed trial %d (index %d), attempt %d", claim.trial_id, claim.index, claim.attempt)
         watch = self.keeper.watch(claim)
+        paused = False
         try:
             write_back = self._train(watch)
             if write_back is not None:
-                self.in_transaction(write_back, "write back")
+                # Only pause_trial's write-back answers "queued" (the others return None).
+                paused = self.in_transaction(write_back, "write back") == "queued"
         except LeaseLost as exc:
             watch.lost.set()
             log.warning("writing nothing more: %s", exc)
@@ -280,6 +309,7 @@ class WorkerLoop:
             self.keeper.unwatch()
         if watch.lost.is_set():
             self._tidy_lost_attempt(claim)
+        return paused
 
     def _train(self, watch: Watch) -> Callable[[Session], object] | None:
         """Train; returns the write-back to make, or None when this attempt must write nothing."""
@@ -305,6 +335,10 @@ class WorkerLoop:
                 log.info("trial is now %s", fail_trial(session, claim, error))
 
             return record_failure
+        if result.status == "paused":
+            log.info("trial paused after epoch %d, to wait for the others", len(result.history))
+            history = [m.as_dict() for m in result.history]
+            return lambda session: pause_trial(session, claim, history)
         log.info("trial %s (test accuracy %s)", result.status, result.test_accuracy)
         return lambda session: finish_trial(session, claim, self._outcome(result))
 

@@ -156,14 +156,16 @@ class RankHooks(TrialHooks):
     def __init__(self, team: DistributedTeam, link: Connection, stop: Event, supervisor_pid: int) -> None:
         self.team, self.link, self.stop, self.supervisor_pid = team, link, stop, supervisor_pid
 
-    def restored(self, history: list[EpochMetrics]) -> None:
-        if self.team.leader:
-            self.link.send(("restored", history))
+    def restored(self, history: list[EpochMetrics]) -> Decision:
+        return self._ask(("restored", history))
 
     def epoch_end(self, metrics: EpochMetrics, history: list[EpochMetrics]) -> Decision:
+        return self._ask(("epoch_end", metrics, history))
+
+    def _ask(self, message: tuple[Any, ...]) -> Decision:
         index = 0
         if self.team.leader:
-            self.link.send(("epoch_end", metrics, history))
+            self.link.send(message)
             index = DECISIONS.index(self.link.recv())
         return DECISIONS[self.team.choice_of_leader(index)]
 
@@ -345,7 +347,7 @@ def _handle(
 ) -> None:
     kind, *body = message
     if kind == "restored":
-        hooks.restored(body[0])
+        _send(index, rank, hooks.restored(body[0]) or Decision.CONTINUE)
     elif kind == "epoch_end":
         _send(index, rank, hooks.epoch_end(*body) or Decision.CONTINUE)
     elif kind == "done":

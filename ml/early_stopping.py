@@ -4,10 +4,13 @@ A history is the list of a trial's validation accuracies, one per completed epoc
 (`history[0]` is epoch 1). Decisions are taken at epoch boundaries only.
 
 - ASHA (Li et al. 2020, "A System for Massively Parallel Hyperparameter Tuning"): rungs at
-  `min_epochs * eta**k`. A trial reaching a rung continues only when its accuracy there is
-  in the top 1/eta of the accuracies recorded at that rung by all trials so far (itself
-  included). Trials are never paused, so this is the stopping form of ASHA: the first trial
-  to reach a rung continues, as in Ray Tune's asynchronous successive halving.
+  `min_epochs * eta**k`. A trial reaching a rung is promoted (continues) when its accuracy
+  there is in the top floor(n/eta) of the n accuracies recorded at that rung so far (itself
+  included), as in the paper's promotion rule. When it is not, and other trials of the job
+  have still to reach the rung, it WAITs: the worker pauses it (its checkpoint kept) and
+  trains those first, so a few workers do not let the first arrivals run on unchallenged.
+  A trial that may not wait (it already did at this rung, or nobody is left to arrive) gets
+  the stopping form instead, as in Ray Tune: it continues when in the top max(1, floor(n/eta)).
 - Median stopping rule (Golovin et al. 2017, Google Vizier): at epoch s >= min_epochs a trial
   stops when its best accuracy so far is strictly worse than the median, over the other
   trials that reached epoch s, of their running-average accuracy up to s.
@@ -15,6 +18,7 @@ A history is the list of a trial's validation accuracies, one per completed epoc
 
 from __future__ import annotations
 
+import enum
 import math
 import statistics
 from collections.abc import Sequence
@@ -33,18 +37,39 @@ def asha_rungs(min_epochs: int, eta: int, max_epochs: int) -> list[int]:
     return rungs
 
 
+class Verdict(enum.Enum):
+    CONTINUE = "continue"
+    STOP = "stop"
+    WAIT = "wait"  # pause until the trials still to reach this rung have reported
+
+
+def asha_verdict(
+    history: History,
+    others: Sequence[History],
+    min_epochs: int,
+    eta: int,
+    max_epochs: int,
+    *,
+    may_wait: bool = False,
+) -> Verdict:
+    epoch = len(history)
+    if epoch not in asha_rungs(min_epochs, eta, max_epochs):
+        return Verdict.CONTINUE
+    recorded = [h[epoch - 1] for h in others if len(h) >= epoch]
+    rank = 1 + sum(1 for value in recorded if value > history[epoch - 1])  # 1 is the best
+    promotable = math.floor((len(recorded) + 1) / eta)
+    if rank <= promotable:
+        return Verdict.CONTINUE
+    if may_wait:
+        return Verdict.WAIT
+    return Verdict.STOP if rank > max(1, promotable) else Verdict.CONTINUE
+
+
 def asha_should_stop(
     history: History, others: Sequence[History], min_epochs: int, eta: int, max_epochs: int
 ) -> bool:
-    epoch = len(history)
-    if epoch not in asha_rungs(min_epochs, eta, max_epochs):
-        return False
-    recorded = [h[epoch - 1] for h in others if len(h) >= epoch]
-    mine = history[epoch - 1]
-    better = sum(1 for value in recorded if value > mine)
-    # Rank 1 is the best; continue when the rank is within the top n/eta (at least the top one).
-    keep = max(1, math.floor((len(recorded) + 1) / eta))
-    return better + 1 > keep
+    """The stopping form: never waits, and the first arrival at a rung continues."""
+    return asha_verdict(history, others, min_epochs, eta, max_epochs) is Verdict.STOP
 
 
 def median_should_stop(history: History, others: Sequence[History], min_epochs: int) -> bool:
@@ -57,12 +82,27 @@ def median_should_stop(history: History, others: Sequence[History], min_epochs: 
     return max(history) < statistics.median(running_averages)
 
 
+def verdict(
+    rule: EarlyStoppingSpec,
+    history: History,
+    others: Sequence[History],
+    max_epochs: int,
+    *,
+    may_wait: bool = False,
+) -> Verdict:
+    """What the trial whose history is given does now. Only ASHA ever waits (see the module doc);
+    `may_wait` says whether other trials of the job have still to reach this epoch."""
+    if rule.strategy == "asha":
+        return asha_verdict(
+            history, others, rule.min_epochs, rule.reduction_factor, max_epochs, may_wait=may_wait
+        )
+    if rule.strategy == "median" and median_should_stop(history, others, rule.min_epochs):
+        return Verdict.STOP
+    return Verdict.CONTINUE
+
+
 def should_stop(
     rule: EarlyStoppingSpec, history: History, others: Sequence[History], max_epochs: int
 ) -> bool:
-    """True when the trial whose history is given should be pruned now."""
-    if rule.strategy == "asha":
-        return asha_should_stop(history, others, rule.min_epochs, rule.reduction_factor, max_epochs)
-    if rule.strategy == "median":
-        return median_should_stop(history, others, rule.min_epochs)
-    return False
+    """True when the trial whose history is given should be pruned now (never waiting)."""
+    return verdict(rule, history, others, max_epochs) is Verdict.STOP

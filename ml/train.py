@@ -54,13 +54,24 @@ class Decision(enum.Enum):
     CONTINUE = "continue"
     CANCEL = "cancel"
     PRUNE = "prune"
+    PAUSE = "pause"  # stop for now, untested: last.pt holds the state to resume from later
+
+
+Status = Literal["succeeded", "pruned", "cancelled", "paused"]
+STATUS_OF: dict[Decision, Status] = {
+    Decision.PRUNE: "pruned",
+    Decision.CANCEL: "cancelled",
+    Decision.PAUSE: "paused",
+}
 
 
 class TrialHooks:
     """Subclass and override; the defaults do nothing."""
 
-    def restored(self, history: list[EpochMetrics]) -> None:
-        """At resume, before training: the epochs last.pt already holds."""
+    def restored(self, history: list[EpochMetrics]) -> Decision | None:
+        """At resume, before training: the epochs last.pt already holds. The decision is taken
+        as at an epoch's end (a trial paused at a rung learns here whether it goes on)."""
+        return None
 
     def epoch_end(self, metrics: EpochMetrics, history: list[EpochMetrics]) -> Decision:
         """After last.pt (and best.pt if improved) is written. None counts as CONTINUE."""
@@ -77,11 +88,11 @@ class TrialAborted(RuntimeError):
 
 @dataclass
 class TrialResult:
-    status: Literal["succeeded", "pruned", "cancelled"]
+    status: Status
     history: list[EpochMetrics]
     best_epoch: int | None
     best_val_accuracy: float | None
-    test_accuracy: float | None  # evaluated once, with best.pt's weights; None when cancelled
+    test_accuracy: float | None  # evaluated once, with best.pt's weights; None when cancelled or paused
     best_checkpoint: Path | None
     environment: dict[str, Any] = field(default_factory=dict)
 
@@ -177,13 +188,14 @@ def _train(
 ) -> TrialResult:
     cfg = setup.cfg
     history = [EpochMetrics(**m) for m in team.resume(setup, out_dir)]
+    decision = Decision.CONTINUE
     if history:
         log.info("resuming %s after epoch %d", out_dir, len(history))
-        hooks.restored(list(history))
+        decision = hooks.restored(list(history)) or Decision.CONTINUE
     compile_seconds = setup.wrap()
     environment = describe(setup.runtime, cfg, compile_seconds, compiled=setup.compiled)
-    status: Literal["succeeded", "pruned", "cancelled"] = "succeeded"
-    for epoch in range(len(history) + 1, cfg.epochs + 1):
+    epoch = len(history) + 1
+    while decision is Decision.CONTINUE and epoch <= cfg.epochs:
         if hooks.should_stop():
             raise TrialAborted(f"stopped before epoch {epoch}: should_stop() returned True")
         metrics = _run_epoch(setup, epoch, hooks.should_stop, team)
@@ -191,10 +203,8 @@ def _train(
         if team.leader:
             trial_state.save(setup, out_dir, history, {"environment": environment, **metadata})
         decision = hooks.epoch_end(metrics, list(history)) or Decision.CONTINUE
-        if decision is not Decision.CONTINUE:
-            status = "pruned" if decision is Decision.PRUNE else "cancelled"
-            break
-    return _result(setup, out_dir, status, history, environment, team)
+        epoch += 1
+    return _result(setup, out_dir, STATUS_OF.get(decision, "succeeded"), history, environment, team)
 
 
 def _run_epoch(setup: TrialSetup, epoch: int, should_stop: Callable[[], bool], team: Team) -> EpochMetrics:
@@ -313,7 +323,7 @@ def _measure(setup: TrialSetup, x: torch.Tensor, y: torch.Tensor) -> tuple[float
 def _result(
     setup: TrialSetup,
     out_dir: Path,
-    status: Literal["succeeded", "pruned", "cancelled"],
+    status: Status,
     history: list[EpochMetrics],
     environment: dict[str, Any],
     team: Team,
@@ -321,7 +331,7 @@ def _result(
     best = trial_state.best_epoch(history)
     best_path = out_dir / trial_state.BEST if best is not None else None
     test_accuracy = None
-    if status != "cancelled" and best_path is not None:
+    if status in ("succeeded", "pruned") and best_path is not None:
         trial_state.load_best_weights(setup, best_path)
         test_accuracy = _evaluate(setup, setup.test_x, setup.test_y, team)[1]
     return TrialResult(

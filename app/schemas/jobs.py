@@ -61,6 +61,10 @@ class TrialOut(OrmSchema):
     test_accuracy: Fraction | None = Field(description="test accuracy at the best epoch")
     train_loss: float | None = Field(description="the last epoch's")
     attempts: int = Field(description="times a worker claimed it")
+    pauses: int = Field(
+        description="claims that ended with an ASHA pause at a rung, waiting for the other trials "
+        "(they do not count against max_attempts)"
+    )
     error: str | None
     started_at: UtcDatetime | None
     finished_at: UtcDatetime | None

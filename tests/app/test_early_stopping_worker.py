@@ -64,10 +64,16 @@ def statements(engine: Engine) -> Iterator[list[str]]:
 
 
 def _decide(
-    factory: sessionmaker[Session], claim: Claim, rule: dict[str, Any], curve: list[float]
+    factory: sessionmaker[Session],
+    claim: Claim,
+    rule: dict[str, Any],
+    curve: list[float],
+    *,
+    may_wait: bool = True,
 ) -> Decision:
     with transaction(factory) as session:
-        return decide(session, claim, EarlyStoppingSpec.model_validate(rule), _metrics(curve))
+        rule_spec = EarlyStoppingSpec.model_validate(rule)
+        return decide(session, claim, rule_spec, _metrics(curve), may_wait=may_wait)
 
 
 ASHA = {"strategy": "asha", "min_epochs": 1, "reduction_factor": 3}
@@ -97,6 +103,21 @@ def test_decide_applies_the_jobs_rule_to_the_other_trials_curves(
     assert _decide(factory, three_claims[2], rule, curve) is expected
 
 
+def test_asha_pauses_a_trial_while_others_of_the_job_have_still_to_reach_its_rung(
+    factory: sessionmaker[Session], three_claims: list[Claim]
+) -> None:
+    with transaction(factory) as session:
+        two_trials = {"search": {"space": {"seed": [0, 1]}}, "train": {"epochs": 9}}
+        submit_job(session, JobSpec.model_validate(two_trials))
+        first = claim_trial(session, "d", 60.0)
+    assert first is not None and first.job_id != three_claims[0].job_id
+    # Alone at rung 1 with trial 1 still queued: floor(1/3) = 0 promotions, so it waits ...
+    assert _decide(factory, first, ASHA, [0.9]) is Decision.PAUSE
+    # ... once: resumed from that pause, the stopping form lets the first arrival go on.
+    assert _decide(factory, first, ASHA, [0.9], may_wait=False) is Decision.CONTINUE
+    assert _decide(factory, first, MEDIAN, [0.1, 0.1]) is Decision.CONTINUE  # no peers at epoch 2
+
+
 def test_decide_reads_the_other_curves_in_one_query(
     factory: sessionmaker[Session], three_claims: list[Claim], statements: list[str]
 ) -> None:
@@ -116,8 +137,9 @@ def test_a_trial_at_its_last_epoch_finishes_instead_of_being_pruned(
 # --- a real sweep through the API ------------------------------------------------------------------
 
 EPOCHS = 2
-# Trial 0 is bad but first at rung 1, so ASHA lets it run (the first arrival always continues);
-# trial 1 is good; trials 2 and 3 are bad and arrive when rung 1 already has better results.
+# Trial 0 is bad and first at rung 1: ASHA pauses it (0 of 1 promoted) while the others train
+# their first epoch; so do trials 1 (floor(2/3) = 0) and 2. Trial 3 arrives last and is pruned;
+# resumed, trials 0 and 2 are pruned and the good trial 1 goes on.
 LRS = [1e-7, 1e-3, 2e-7, 3e-7]
 
 
@@ -140,28 +162,34 @@ def test_an_asha_sweep_prunes_its_bad_trials_and_trains_fewer_epochs_than_the_gr
         run_worker(settings, max_trials=len(LRS))
         job = client.get(f"/jobs/{job_id}").json()
         details = [client.get(f"/jobs/{job_id}/trials/{t['id']}").json() for t in job["trials"]]
-        folders = [attempt_dir(trial_dir(settings.artifacts_dir, job_id, t["id"]), 1) for t in job["trials"]]
-        kept = [sorted(p.name for p in folder.iterdir()) for folder in folders]
+        trial_dirs = [trial_dir(settings.artifacts_dir, job_id, t["id"]) for t in job["trials"]]
+        folders = [sorted(p.name for p in folder.iterdir()) for folder in trial_dirs]
+        last = [attempt_dir(d, t["attempts"]) for d, t in zip(trial_dirs, job["trials"], strict=True)]
+        kept = [sorted(p.name for p in folder.iterdir()) for folder in last]
         # Retention end to end: deleting the finished job removes its rows and its checkpoint files.
         deleted = client.delete(f"/jobs/{job_id}")
         after_delete = client.get(f"/jobs/{job_id}").status_code, client.get("/models").json()
 
-    assert [t["status"] for t in job["trials"]] == ["succeeded", "succeeded", "pruned", "pruned"]
+    assert [t["status"] for t in job["trials"]] == ["pruned", "succeeded", "pruned", "pruned"]
+    assert [t["pauses"] for t in job["trials"]] == [1, 1, 1, 0]
     assert job["status"] == "succeeded"
     assert job["progress"] == {
         "queued": 0,
         "running": 0,
-        "succeeded": 2,
+        "succeeded": 1,
         "failed": 0,
-        "pruned": 2,
+        "pruned": 3,
         "cancelled": 0,
     }
     epochs_trained = sum(t["epoch"] for t in job["trials"])
-    assert epochs_trained == 2 * EPOCHS + 2 < len(LRS) * EPOCHS
+    assert epochs_trained == EPOCHS + 3 < len(LRS) * EPOCHS
     assert job["best"]["params"] == {"lr": 1e-3} and job["best"]["val_accuracy"] >= 0.5
     for trial, detail in zip(job["trials"], details, strict=True):
         assert len(detail["history"]) == trial["epoch"]  # the curve is kept, pruned or not
         assert trial["test_accuracy"] is not None  # pruned trials are tested once on best.pt
-    assert kept == [["best.pt", "last.pt"]] * len(LRS)  # best and last per trial, nothing else
+    # Best and last per trial, nothing else: a resumed trial's older attempt folder is gone.
+    assert folders == [[f"attempt-{t['attempts']}"] for t in job["trials"]]
+    assert [t["attempts"] for t in job["trials"]] == [2, 2, 2, 1]
+    assert kept == [["best.pt", "last.pt"]] * len(LRS)
     assert deleted.status_code == 204 and after_delete == (404, {"items": []})
     assert not (settings.artifacts_dir / "jobs" / str(job_id)).exists()

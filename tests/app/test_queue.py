@@ -25,6 +25,7 @@ from app.queue import (
     fail_trial,
     finish_trial,
     heartbeat,
+    pause_trial,
     record_epochs,
     register_worker,
     touch_worker,
@@ -294,6 +295,39 @@ def test_failures_requeue_until_attempts_run_out(factory: sessionmaker[Session],
     trial = _trial(factory, trial_id)
     assert (trial.status, trial.error, trial.attempts) == ("failed", "RuntimeError: second", 2)
     assert _job(factory, trial.job_id).status == "failed"
+
+
+def test_a_pause_requeues_with_the_curve_and_is_not_a_failed_attempt(
+    factory: sessionmaker[Session], submit: Submit
+) -> None:
+    first, second = submit(2, max_attempts=1)
+    claim = _must_claim(factory, "w1")
+    assert claim.trial_id == first
+    with transaction(factory) as session:
+        assert pause_trial(session, claim, [_epoch(1, 0.4)]) == "queued"
+    trial = _trial(factory, first)
+    assert (trial.status, trial.worker_id, trial.epoch) == ("queued", None, 1)
+    assert (trial.pauses, trial.attempts) == (1, 1)
+    assert _epochs_in_db(factory, first) == [(1, 1)]
+    # Breadth first: the trial with fewer completed epochs is claimed before the paused one.
+    assert _must_claim(factory, "w2").trial_id == second
+    resumed = _must_claim(factory, "w3")
+    assert (resumed.trial_id, resumed.attempt) == (first, 2)  # max_attempts 1, yet claimable
+    with transaction(factory) as session:
+        assert fail_trial(session, resumed, "RuntimeError: boom") == "failed"  # its one real failure
+
+
+def test_a_cancel_requested_during_the_epoch_wins_over_a_pause(
+    factory: sessionmaker[Session], submit: Submit
+) -> None:
+    [trial_id] = submit(1)
+    claim = _must_claim(factory)
+    with transaction(factory) as session:
+        cancel_job(session, claim.job_id)
+    with transaction(factory) as session:
+        assert pause_trial(session, claim, [_epoch(1, 0.4)]) == "cancelled"
+    assert _trial(factory, trial_id).status == "cancelled"
+    assert _job(factory, claim.job_id).finished_at is not None
 
 
 def test_job_status_is_derived_from_its_trials(factory: sessionmaker[Session], submit: Submit) -> None:

@@ -219,6 +219,33 @@ def test_cancel_skips_the_test_evaluation(micro_splits: Splits, tmp_path: Path) 
     assert result.status == "cancelled" and len(result.history) == 1 and result.test_accuracy is None
 
 
+def test_a_paused_trial_is_untested_and_its_resume_decides_before_training(
+    micro_splits: Splits, tmp_path: Path
+) -> None:
+    class PauseAtOnce(TrialHooks):
+        def epoch_end(self, metrics: EpochMetrics, history: list[EpochMetrics]) -> Decision:
+            return Decision.PAUSE
+
+    seen: list[int] = []
+
+    class PruneOnResume(TrialHooks):
+        def restored(self, history: list[EpochMetrics]) -> Decision:
+            seen.append(len(history))
+            return Decision.PRUNE
+
+        def epoch_end(self, metrics: EpochMetrics, history: list[EpochMetrics]) -> Decision:
+            raise AssertionError("a trial pruned on resume trains no more epochs")
+
+    cfg = TrainConfig(arch="resnet18_imagenet", epochs=3, batch_size=10, ema_decay=0)
+    paused = run_trial(cfg, micro_splits, tmp_path, PauseAtOnce(), device_ids=[])
+    assert paused.status == "paused" and len(paused.history) == 1 and paused.test_accuracy is None
+    assert (tmp_path / "last.pt").is_file()
+    resumed = run_trial(cfg, micro_splits, tmp_path, PruneOnResume(), device_ids=[])
+    assert seen == [1]
+    assert resumed.status == "pruned" and _curve(resumed.history) == _curve(paused.history)
+    assert resumed.test_accuracy is not None  # a pruned trial is tested once on its best.pt
+
+
 def test_nan_loss_raises_and_keeps_the_last_good_checkpoint(
     micro_splits: Splits, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

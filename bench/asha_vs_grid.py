@@ -60,7 +60,9 @@ def job_spec(args: argparse.Namespace, asha: bool) -> JobSpec:
         {
             "name": "asha" if asha else "grid",
             "search": {"strategy": "grid", "space": GRID},
-            "train": {**REPORT_RECIPE, "epochs": args.epochs, "seed": args.seed},
+            # deterministic: a configuration trains to the same curve in both sweeps, so the best
+            # results differ only by what ASHA stopped, not by run-to-run noise.
+            "train": {**REPORT_RECIPE, "epochs": args.epochs, "seed": args.seed, "deterministic": True},
             "data": {"val_size": args.val_size, "train_limit": args.train_limit},
             "early_stopping": early if asha else {"strategy": "none"},
         }

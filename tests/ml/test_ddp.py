@@ -35,6 +35,7 @@ DDP = TrainConfig(
     ema_decay=0.9,
     parallel="ddp",
     deterministic=True,
+    precision="fp32",  # "auto" is bf16 on CPUs with AVX512-BF16/AMX, whose rounding dwarfs summation order
 )
 SINGLE = DDP.model_copy(update={"parallel": "none"})
 TIMING = ("seconds", "images_per_second")
@@ -89,9 +90,12 @@ def test_two_ranks_follow_the_single_process_curve(
     single: tuple[TrialResult, Path], ddp: tuple[TrialResult, Path, Recorder]
 ) -> None:
     (expected, expected_dir), (result, out_dir, hooks) = single, ddp
+    # Summation-order noise grows with each step; how fast depends on the CPU's kernels (AVX2 kept
+    # it under 1e-4 here, AVX-512 reaches 1e-3 by epoch 2). 2e-3 is still far below the >= 3 %
+    # that one epoch moves the losses (asserted below).
     for ours, theirs in zip(result.history, expected.history, strict=True):
-        assert ours.train_loss == pytest.approx(theirs.train_loss, rel=1e-4)
-        assert ours.val_loss == pytest.approx(theirs.val_loss, rel=1e-4)
+        assert ours.train_loss == pytest.approx(theirs.train_loss, rel=2e-3)
+        assert ours.val_loss == pytest.approx(theirs.val_loss, rel=2e-3)
         assert ours.lr == pytest.approx(theirs.lr, rel=1e-9)
         assert ours.train_accuracy == pytest.approx(theirs.train_accuracy, abs=1 / 64 + 1e-9)  # 1 image
         assert ours.val_accuracy == pytest.approx(theirs.val_accuracy, abs=1 / 16 + 1e-9)
@@ -100,12 +104,15 @@ def test_two_ranks_follow_the_single_process_curve(
     assert expected.history[1].train_loss < expected.history[0].train_loss * 0.97
     assert expected.history[1].val_loss < expected.history[0].val_loss * 0.97
 
-    # The weights too: apart by < 1 % of the way training moved them from the initial ones.
+    # The weights too: apart by < 5 % of the way training moved them from the initial ones (< 0.1 %
+    # on an AVX2 CPU, 3.5 % on an AVX-512 one, where group norm over 1x1 maps amplifies rounding).
+    # A rank whose gradients were lost, or a sum in place of the average, would change the step
+    # itself rather than its rounding.
     torch.manual_seed(DDP.seed)
     initial = build_model(DDP).state_dict()
     ours_ckpt, theirs_ckpt = load_checkpoint(out_dir / "last.pt"), load_checkpoint(expected_dir / "last.pt")
     moved = _distance(theirs_ckpt["train_model"], initial)
-    assert moved > 0.1 and _distance(ours_ckpt["train_model"], theirs_ckpt["train_model"]) < 0.01 * moved
+    assert moved > 0.1 and _distance(ours_ckpt["train_model"], theirs_ckpt["train_model"]) < 0.05 * moved
 
     # Rank 0 alone wrote checkpoints and called the hooks, with the all-reduced metrics.
     assert sorted(p.name for p in out_dir.iterdir()) == ["best.pt", "last.pt"]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import io
 import itertools
 import json
@@ -62,6 +63,8 @@ class RunResult:
     models: dict[str, int] = field(default_factory=dict)  # model id -> answers
     reload: str = ""
     load_average: float = 0.0  # 1-minute load average of the machine at the end of the run
+    server_cpu_ms: float | None = None  # the server process's CPU time per answered request
+    client_cpu_ms: float | None = None  # this load generator's CPU time per answered request
 
 
 def cifar_pngs(archive: Path, count: int) -> list[bytes]:
@@ -125,6 +128,14 @@ class Server:
         self.process = subprocess.Popen(command, cwd=REPO, env=env)
         self.base = f"http://127.0.0.1:{self.port}"
 
+    def cpu_seconds(self) -> float | None:
+        """User + system CPU time of the server process so far (Linux /proc; None elsewhere)."""
+        try:
+            fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     async def ready(self, client: httpx.AsyncClient, timeout: float = 120.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -153,6 +164,19 @@ class Server:
 
 
 async def drive(
+    server: Server, bodies: list[bytes], concurrency: int, seconds: float, reload: bool
+) -> RunResult:
+    # The generator's own garbage collections would stall every simulated user at once and be
+    # counted as server latency: none during the run (a 10 s run's garbage is a few MB).
+    gc.collect()
+    gc.disable()
+    try:
+        return await _drive(server, bodies, concurrency, seconds, reload)
+    finally:
+        gc.enable()
+
+
+async def _drive(
     server: Server, bodies: list[bytes], concurrency: int, seconds: float, reload: bool
 ) -> RunResult:
     latencies: list[float] = []
@@ -187,14 +211,30 @@ async def drive(
 
     async with httpx.AsyncClient(timeout=REQUEST_TIMEOUT_S) as control:
         before = await server.model_status(control)
+        cpu_before = server.cpu_seconds(), time.process_time()
         started = time.perf_counter()
         deadline = started + seconds
         reloading = asyncio.create_task(promote_midway(control, server, seconds / 2)) if reload else None
         await asyncio.gather(*(user(k) for k in range(concurrency)))
         elapsed = time.perf_counter() - started
+        cpu = _minus((server.cpu_seconds(), time.process_time()), cpu_before)
         reload_note = await reloading if reloading else ""
         after = await server.model_status(control)
-    return summarize(server.name, concurrency, elapsed, latencies, errors, models, before, after, reload_note)
+    result = summarize(
+        server.name, concurrency, elapsed, latencies, errors, models, before, after, reload_note
+    )
+    if latencies:
+        result.server_cpu_ms = None if cpu[0] is None else round(1000 * cpu[0] / len(latencies), 2)
+        result.client_cpu_ms = round(1000 * cpu[1] / len(latencies), 2)
+    return result
+
+
+CpuSeconds = tuple[float | None, float]  # (server process, this process)
+
+
+def _minus(after: CpuSeconds, before: CpuSeconds) -> CpuSeconds:
+    server = None if after[0] is None or before[0] is None else after[0] - before[0]
+    return server, after[1] - before[1]
 
 
 async def promote_midway(client: httpx.AsyncClient, server: Server, delay: float) -> str:
@@ -243,8 +283,8 @@ def markdown(results: list[RunResult]) -> str:
     rows = {(r.server, r.concurrency): r for r in results}
     lines = [
         "| concurrency | batched req/s | p50 / p95 / p99 ms | errors | mean batch | unbatched req/s "
-        "| p50 / p95 / p99 ms | errors | speed-up | load avg |",
-        "|---:|---:|---|---:|---:|---:|---|---:|---:|---:|",
+        "| p50 / p95 / p99 ms | errors | speed-up | CPU ms/request server + client | load avg |",
+        "|---:|---:|---|---:|---:|---:|---|---:|---:|---|---:|",
     ]
     for c in sorted({r.concurrency for r in results}):
         b, u = rows[("batched", c)], rows[("unbatched", c)]
@@ -252,6 +292,7 @@ def markdown(results: list[RunResult]) -> str:
         lines.append(
             f"| {c} | {b.rps} | {b.p50_ms} / {b.p95_ms} / {b.p99_ms} | {b.errors} | {b.mean_batch} | {u.rps} "
             f"| {u.p50_ms} / {u.p95_ms} / {u.p99_ms} | {u.errors} | {speedup:.2f}x "
+            f"| {b.server_cpu_ms} + {b.client_cpu_ms} / {u.server_cpu_ms} + {u.client_cpu_ms} "
             f"| {b.load_average:.1f} / {u.load_average:.1f} |"
         )
     notes = [

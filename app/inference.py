@@ -34,7 +34,7 @@ class LoadedModel:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     device: torch.device
-    precision: str  # "bf16" where the hardware makes it faster (CUDA, AMX), else "fp32"
+    precision: str  # "bf16" where the hardware makes it faster (CUDA, AMX, AVX512-BF16)
 
 
 def pick_device() -> torch.device:

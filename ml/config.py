@@ -50,7 +50,7 @@ class TrainConfig(Strict):
     ema_decay: Annotated[float, Field(ge=0, lt=1)] = 0.999  # per step; 0 = no EMA of weights
     tta: bool = True  # evaluate on the image and its mirror, averaged
     # --- engine ---
-    precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 on CUDA and AMX CPUs
+    precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 on CUDA and AMX/AVX512-BF16 CPUs
     channels_last: bool = True
     compile: bool = False  # torch.compile; its time is reported apart from training
     parallel: Literal["auto", "none", "dataparallel", "ddp"] = "auto"  # auto: DP on >1 GPU

@@ -20,10 +20,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.cifar10 import DEFAULT_CACHE, extracted, find_archive  # noqa: E402
-from ml.config import DataConfig, TrainConfig  # noqa: E402
-from ml.data import load_dataset, make_splits  # noqa: E402
-from ml.train import run_trial  # noqa: E402
+from bench.cifar10 import DEFAULT_CACHE, extracted, find_archive
+from ml.config import DataConfig, TrainConfig
+from ml.data import load_dataset, make_splits
+from ml.train import run_trial
 
 
 def main() -> None:

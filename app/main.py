@@ -38,6 +38,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     try:
         yield
     finally:
+        gc.unfreeze()  # an app stopped inside a longer-lived process (tests) leaves nothing pinned
         await predictor.stop()
         engine.dispose()
 

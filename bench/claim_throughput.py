@@ -16,26 +16,25 @@ import argparse
 import json
 import multiprocessing
 import os
-import secrets
 import sys
 import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sqlalchemy import create_engine, func, select, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import func, select
 
 from app.db import make_engine, session_factory, transaction, upgrade_to_head
 from app.models import Trial
 from app.queue import Outcome, claim_trial, finish_trial, submit_job
 from ml.config import MAX_TRIALS, JobSpec
+from tests.postgres import throwaway_database
 
 POSTGRES_ADMIN_URL = os.environ.get(
     "SWEEPSERVE_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -128,19 +127,9 @@ def sqlite_url() -> Iterator[str]:
         yield f"sqlite:///{Path(folder) / 'bench.db'}"
 
 
-@contextmanager
-def postgres_url() -> Iterator[str]:
+def postgres_url() -> AbstractContextManager[str]:
     """A throwaway database on the server, dropped afterwards."""
-    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    name = f"sweepserve_bench_{secrets.token_hex(4)}"
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield make_url(POSTGRES_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    return throwaway_database(POSTGRES_ADMIN_URL, "sweepserve_bench")
 
 
 def main() -> None:

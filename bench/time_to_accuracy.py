@@ -23,9 +23,7 @@ cheaper torchvision-stem network, to separate the recipe from the network's cost
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
 import sys
 import tempfile
 import time
@@ -36,10 +34,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run as a script from anywhere
 
-import torch  # noqa: E402
 
 from bench.cifar10 import DEFAULT_CACHE, extracted, find_archive  # noqa: E402
-from bench.train_throughput import EngineLoop, machine  # noqa: E402
+from bench.train_throughput import EngineLoop, machine, pick_device, report  # noqa: E402
 from ml.config import REPORT_RECIPE, DataConfig, TrainConfig  # noqa: E402
 from ml.data import MEAN, STD, Dataset, load_dataset, make_splits  # noqa: E402
 from ml.environment import determinism  # noqa: E402
@@ -208,16 +205,13 @@ def main(argv: list[str] | None = None) -> None:
     unknown = sorted(set(names) - set(RECIPES))
     if unknown:
         parser.error(f"unknown recipes {unknown}; known: {', '.join(RECIPES)}")
-    cuda = torch.cuda.is_available() if args.device == "auto" else args.device == "cuda"
-    device = torch.device("cuda" if cuda else "cpu")
+    device = pick_device(args.device)
     dataset = load_dataset("cifar10", extracted(find_archive(args.data), args.cache_dir), download=False)
     results: dict[str, Any] = {"machine": machine(device), "budget_seconds": args.budget_seconds}
     with determinism(False, device):
-        results["recipes"] = [run_recipe(n, dataset, [0] if cuda else [], args) for n in names]
-    results["machine"]["load_average_after"] = os.getloadavg()
-    print_summary(results)
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
+        device_ids = [0] if device.type == "cuda" else []
+        results["recipes"] = [run_recipe(n, dataset, device_ids, args) for n in names]
+    report(results, print_summary, args.json)
 
 
 def print_summary(results: dict[str, Any]) -> None:

@@ -44,9 +44,8 @@ from torch import nn  # noqa: E402
 from torch.utils.data import DataLoader, Subset  # noqa: E402
 
 from bench.cifar10 import DEFAULT_CACHE, extracted, find_archive  # noqa: E402
-from ml.augment import train_batches  # noqa: E402
 from ml.config import REPORT_RECIPE, DataConfig, TrainConfig  # noqa: E402
-from ml.data import MEAN, STD, Splits, load_dataset, make_splits  # noqa: E402
+from ml.data import Splits, load_dataset, make_splits  # noqa: E402
 from ml.environment import determinism, device_name, seed_everything, select_runtime  # noqa: E402
 from ml.setup import TrialSetup, build_setup  # noqa: E402
 from ml.train import train_one_epoch  # noqa: E402
@@ -135,13 +134,7 @@ class EngineLoop:
         seed_everything(cfg.seed)
         self.setup: TrialSetup = build_setup(cfg, splits, runtime, allow_download=False)
         self.compile_seconds = self.setup.wrap()  # None unless cfg.compile
-        self.batches = itertools.chain.from_iterable(self._epoch() for _ in itertools.count())
-
-    def _epoch(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        s, cfg = self.setup, self.setup.cfg
-        return train_batches(
-            s.train_x, s.train_y, cfg.batch_size, cfg.augment, MEAN, STD, s.generator, cfg.channels_last
-        )
+        self.batches = itertools.chain.from_iterable(self.setup.epoch_batches() for _ in itertools.count())
 
     def window(self, seconds: float) -> float:
         s = self.setup
@@ -232,6 +225,22 @@ def cifar_stem(splits: Splits, device: torch.device, args: Any) -> dict[str, Any
     }
 
 
+def pick_device(choice: str) -> torch.device:
+    """--device auto|cuda|cpu as a device: auto is CUDA when there is one."""
+    cuda = torch.cuda.is_available() if choice == "auto" else choice == "cuda"
+    return torch.device("cuda" if cuda else "cpu")
+
+
+def report(
+    results: dict[str, Any], summary: Callable[[dict[str, Any]], None], json_path: Path | None
+) -> None:
+    """Note the load average now, print the summary, and write the results when asked."""
+    results["machine"]["load_average_after"] = os.getloadavg()
+    summary(results)
+    if json_path:
+        json_path.write_text(json.dumps(results, indent=2))
+
+
 def machine(device: torch.device) -> dict[str, Any]:
     return {
         "device": device_name(device),
@@ -259,9 +268,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--limit", type=int, default=None, help="train on this many images (smoke tests)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args(argv)
-    cuda = torch.cuda.is_available() if args.device == "auto" else args.device == "cuda"
-    device = torch.device("cuda" if cuda else "cpu")
-    args.stem_batch = args.stem_batch or (512 if cuda else 32)
+    device = pick_device(args.device)
+    args.stem_batch = args.stem_batch or (512 if device.type == "cuda" else 32)
     root = extracted(find_archive(args.data), args.cache_dir)
     splits = load_splits(root, args.limit)
     results: dict[str, Any] = {"machine": machine(device), "args": {k: str(v) for k, v in vars(args).items()}}
@@ -269,10 +277,7 @@ def main(argv: list[str] | None = None) -> None:
         results["reference"] = compare_with_reference(root, splits, device, args)
         if not args.skip_stem:
             results["cifar_stem"] = cifar_stem(splits, device, args)
-    results["machine"]["load_average_after"] = os.getloadavg()
-    print_summary(results)
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
+    report(results, print_summary, args.json)
 
 
 def print_summary(results: dict[str, Any]) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -13,7 +14,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.lr_scheduler import LambdaLR
 
-from ml.augment import steps_per_epoch
+from ml.augment import steps_per_epoch, train_batches
 from ml.config import TrainConfig
 from ml.data import MEAN, STD, Splits
 from ml.ema import EMA
@@ -48,6 +49,20 @@ class TrialSetup:
 
     def __post_init__(self) -> None:
         self.runner, self.eval_runner = self.net, self.eval_net
+
+    def epoch_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """One epoch of shuffled, augmented, normalised training batches, made on the device."""
+        cfg = self.cfg
+        return train_batches(
+            self.train_x,
+            self.train_y,
+            cfg.batch_size,
+            cfg.augment,
+            MEAN,
+            STD,
+            self.generator,
+            cfg.channels_last,
+        )
 
     @property
     def eval_net(self) -> nn.Module:

@@ -22,7 +22,6 @@ import torch
 from torch import nn
 
 from ml import trial_state
-from ml.augment import train_batches
 from ml.config import TrainConfig
 from ml.data import MEAN, STD, Splits
 from ml.environment import Runtime, describe, determinism, seed_everything, select_runtime
@@ -210,16 +209,7 @@ def _train(
 def _run_epoch(setup: TrialSetup, epoch: int, should_stop: Callable[[], bool], team: Team) -> EpochMetrics:
     cfg = setup.cfg
     start = time.perf_counter()
-    batches = train_batches(
-        setup.train_x,
-        setup.train_y,
-        cfg.batch_size,
-        cfg.augment,
-        MEAN,
-        STD,
-        setup.generator,
-        cfg.channels_last,
-    )
+    batches = setup.epoch_batches()
     done = train_one_epoch(
         setup.runner,
         setup.optimizer,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -24,23 +24,35 @@ POSTGRES_URL = os.environ.get(
 
 
 @contextmanager
-def fresh_postgres_database(prefix: str = "sweepserve_test") -> Iterator[str]:
-    """A new, empty database on the test server; dropped (connections and all) on exit."""
-    admin = create_engine(make_url(POSTGRES_URL).set(database="postgres"), isolation_level="AUTOCOMMIT")
+def throwaway_database(server_url: str, prefix: str) -> Iterator[str]:
+    """The URL of a new, empty database on the server of `server_url`, dropped (connections and
+    all) on exit. Raises OperationalError when the server cannot be reached. No pytest here:
+    bench/claim_throughput.py uses it too."""
+    admin = create_engine(make_url(server_url).set(database="postgres"), isolation_level="AUTOCOMMIT")
     name = f"{prefix}_{os.getpid()}_{secrets.token_hex(4)}"
+    created = False
     try:
         with admin.connect() as conn:
             conn.execute(text(f'CREATE DATABASE "{name}"'))
-    except OperationalError as exc:
-        admin.dispose()
-        if os.environ.get("CI"):
-            pytest.fail(f"PostgreSQL at {POSTGRES_URL} is not reachable and CI is set: {exc.orig}")
-        pytest.skip(
-            f"PostgreSQL at {POSTGRES_URL} is not reachable (set CI=1 to make this a failure): {exc.orig}"
-        )
-    try:
-        yield make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
+        created = True
+        yield make_url(server_url).set(database=name).render_as_string(hide_password=False)
     finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        if created:
+            with admin.connect() as conn:
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+@contextmanager
+def fresh_postgres_database(prefix: str = "sweepserve_test") -> Iterator[str]:
+    """A new, empty database on the test server; skipped (failed under CI) when it is unreachable."""
+    with ExitStack() as stack:
+        try:
+            url = stack.enter_context(throwaway_database(POSTGRES_URL, prefix))
+        except OperationalError as exc:
+            if os.environ.get("CI"):
+                pytest.fail(f"PostgreSQL at {POSTGRES_URL} is not reachable and CI is set: {exc.orig}")
+            pytest.skip(
+                f"PostgreSQL at {POSTGRES_URL} is not reachable (set CI=1 to make this a failure): {exc.orig}"
+            )
+        yield url

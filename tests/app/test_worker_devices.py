@@ -11,7 +11,6 @@ import logging
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -92,15 +91,6 @@ def _run_worker_process(settings: Settings, log_file: Path, *args: str) -> tuple
 def _trials(factory: sessionmaker[Session], ids: list[int]) -> list[Trial]:
     with factory() as session:
         return list(session.scalars(select(Trial).where(Trial.id.in_(ids)).order_by(Trial.index)))
-
-
-@pytest.fixture
-def one_thread() -> Iterator[None]:
-    """Two shared cores: one thread here, so each of two ddp ranks gets one too."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.mark.slow

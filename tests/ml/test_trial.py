@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import torch
 
-import ml.train
+import ml.setup
 from ml.checkpoint import load_checkpoint, load_for_inference
 from ml.config import TrainConfig
 from ml.data import MEAN, Splits
@@ -249,7 +249,7 @@ def test_a_paused_trial_is_untested_and_its_resume_decides_before_training(
 def test_nan_loss_raises_and_keeps_the_last_good_checkpoint(
     micro_splits: Splits, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_batches = ml.train.train_batches
+    real_batches = ml.setup.train_batches
     epochs_started = []
 
     def poisoned(*args: Any, **kwargs: Any) -> Any:
@@ -257,7 +257,7 @@ def test_nan_loss_raises_and_keeps_the_last_good_checkpoint(
         for i, (x, y) in enumerate(real_batches(*args, **kwargs), start=1):
             yield (x * float("nan") if len(epochs_started) == 2 and i == 2 else x), y
 
-    monkeypatch.setattr(ml.train, "train_batches", poisoned)
+    monkeypatch.setattr(ml.setup, "train_batches", poisoned)  # TrialSetup.epoch_batches calls it
     cfg = TrainConfig(arch="resnet18_imagenet", epochs=3, batch_size=5, ema_decay=0)
     with pytest.raises(FloatingPointError, match="loss became NaN at epoch 2 batch 2"):
         run_trial(cfg, micro_splits, tmp_path, device_ids=[])

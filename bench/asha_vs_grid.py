@@ -32,10 +32,11 @@ sys.path.insert(0, str(REPO))
 
 from sqlalchemy import select  # noqa: E402
 
-from app.db import make_engine, session_factory, transaction, upgrade_to_head  # noqa: E402
-from app.models import Job, Trial  # noqa: E402
-from app.queue import submit_job  # noqa: E402
-from ml.config import REPORT_RECIPE, JobSpec  # noqa: E402
+from app.store.db import make_engine, session_factory, transaction, upgrade_to_head  # noqa: E402
+from app.store.jobs import submit_job  # noqa: E402
+from app.store.tables import Job, Trial  # noqa: E402
+from ml.config import REPORT_RECIPE  # noqa: E402
+from ml.job import JobSpec  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
 BENCH_DATA_DIR = Path(tempfile.gettempdir()) / "sweepserve-bench-data"
@@ -93,7 +94,7 @@ def start_workers(
     with log.open("ab") as out:
         return [
             subprocess.Popen(
-                [sys.executable, "-m", "app.worker", *gpus], cwd=REPO, env=env, stdout=out, stderr=out
+                [sys.executable, "-m", "app.cli", "worker", *gpus], cwd=REPO, env=env, stdout=out, stderr=out
             )
             for _ in range(args.workers)
         ]

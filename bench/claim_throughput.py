@@ -30,10 +30,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sqlalchemy import func, select
 
-from app.db import make_engine, session_factory, transaction, upgrade_to_head
-from app.models import Trial
-from app.queue import Outcome, claim_trial, finish_trial, submit_job
-from ml.config import MAX_TRIALS, JobSpec
+from app.store.claims import Outcome, claim_trial, finish_trial
+from app.store.db import make_engine, session_factory, transaction, upgrade_to_head
+from app.store.jobs import submit_job
+from app.store.tables import Trial
+from ml.config import MAX_TRIALS
+from ml.job import JobSpec
 from tests.postgres import throwaway_database
 
 POSTGRES_ADMIN_URL = os.environ.get(

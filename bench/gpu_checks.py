@@ -32,9 +32,10 @@ from ml.augment import augment_batch, random_crop, random_flip, train_batches  #
 from ml.checkpoint import load_checkpoint  # noqa: E402
 from ml.config import AugmentConfig, TrainConfig  # noqa: E402
 from ml.data import MEAN, STD, Splits  # noqa: E402
+from ml.engine import train_one_epoch  # noqa: E402
 from ml.environment import precision_for, select_runtime  # noqa: E402
 from ml.setup import build_setup  # noqa: E402
-from ml.train import run_trial, train_one_epoch  # noqa: E402
+from ml.train import run_trial  # noqa: E402
 
 SMOKE = TrainConfig(arch="resnet18_imagenet", epochs=1, batch_size=64, lr=0.05, ema_decay=0.9)
 

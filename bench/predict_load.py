@@ -39,7 +39,7 @@ from PIL import Image
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run as a script from anywhere
 
-from app.db import make_engine, session_factory, upgrade_to_head  # noqa: E402
+from app.store.db import make_engine, session_factory, upgrade_to_head  # noqa: E402
 from tests.serving import SERVING_CONFIG, register_model  # noqa: E402
 
 DEFAULT_ARCHIVE = REPO.parent / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
@@ -123,7 +123,15 @@ class Server:
             "SWEEPSERVE_LOG_LEVEL": "WARNING",
         }
         env.pop("SWEEPSERVE_API_KEY", None)
-        command = [sys.executable, "-m", "uvicorn", "--factory", "app.main:create_app", "--host", "127.0.0.1"]
+        command = [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "--factory",
+            "app.api.main:create_app",
+            "--host",
+            "127.0.0.1",
+        ]
         command += ["--port", str(self.port), "--log-level", "warning", "--no-access-log"]
         self.process = subprocess.Popen(command, cwd=REPO, env=env)
         self.base = f"http://127.0.0.1:{self.port}"

@@ -1,5 +1,5 @@
 """Why /predict runs a traced graph: an eager forward beside a busy Python thread, against the
-traced and frozen one (`app.inference.serving_graph`), one intra-op thread, median of 20 calls.
+traced and frozen one (`app.serving.inference.serving_graph`), one intra-op thread, median of 20 calls.
 
     python bench/serving_gil.py [--batch 12] [--arch resnet18_imagenet] [--precision auto]
 
@@ -21,7 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from app.inference import serving_graph
+from app.serving.inference import serving_graph
 from ml.config import TrainConfig
 from ml.environment import precision_for
 from ml.evaluate import predict_logits

@@ -46,9 +46,9 @@ from torch.utils.data import DataLoader, Subset  # noqa: E402
 from bench.cifar10 import DEFAULT_CACHE, extracted, find_archive  # noqa: E402
 from ml.config import REPORT_RECIPE, DataConfig, TrainConfig  # noqa: E402
 from ml.data import Splits, load_dataset, make_splits  # noqa: E402
+from ml.engine import train_one_epoch  # noqa: E402
 from ml.environment import determinism, device_name, seed_everything, select_runtime  # noqa: E402
 from ml.setup import TrialSetup, build_setup  # noqa: E402
-from ml.train import train_one_epoch  # noqa: E402
 
 CIFAR_TRAIN_IMAGES = 45_000  # the recipe's split: 50,000 minus 5,000 held out for validation
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import Connection
 
-from app.db import make_engine, migration_options
-from app.models import Base
+from app.store.db import make_engine, migration_options
+from app.store.tables import Base
 
 config = context.config
 

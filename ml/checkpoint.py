@@ -5,7 +5,7 @@ Every checkpoint (best.pt, last.pt, or one built with `inference_checkpoint`) ho
     model      state dict of the weights that were evaluated (the EMA weights when EMA is on)
     metadata   plain values: config (TrainConfig as JSON), classes, mean, std, and whatever the
                trainer (seed, environment, epoch, val_accuracy) or caller (job/trial ids) adds
-last.pt adds the training state for resuming (see ml.train).
+last.pt adds the training state for resuming (see ml.trial_state).
 """
 
 from __future__ import annotations

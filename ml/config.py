@@ -1,4 +1,5 @@
-"""The one validated spec: a request body becomes a `JobSpec`, each grid point a `TrainConfig`.
+"""The parts of a job's spec (`ml.job.JobSpec`): what one trial trains with (`TrainConfig`), on
+which data, over which search space, with which early-stopping rule.
 
 The defaults of `TrainConfig` are the project's recipe (CIFAR-stem ResNet-18, SGD+Nesterov,
 one-cycle, label smoothing, EMA, flip TTA). They are the defaults in one place, with units.
@@ -7,8 +8,6 @@ The original report's settings stay expressible: see `REPORT_RECIPE`.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from typing import Annotated, Any, Literal
 
@@ -139,29 +138,3 @@ class EarlyStoppingSpec(Strict):
     strategy: Literal["none", "asha", "median"] = "none"
     min_epochs: Annotated[int, Field(ge=1)] = 1  # first rung (asha) / grace period (median)
     reduction_factor: Annotated[int, Field(ge=2, le=100)] = 3  # asha's eta
-
-
-class JobSpec(Strict):
-    """The body of POST /jobs, normalised. Stored as is and handed to the trainer unchanged."""
-
-    # No control characters: PostgreSQL text cannot hold NUL, and a name is shown in logs and UIs.
-    name: Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]*$")] = "sweep"
-    search: SearchSpec = SearchSpec()
-    train: TrainConfig = TrainConfig()
-    data: DataConfig = DataConfig()
-    early_stopping: EarlyStoppingSpec = EarlyStoppingSpec()
-    priority: Annotated[int, Field(ge=-1000, le=1000)] = 0  # higher runs first; ties by age
-    max_attempts: Annotated[int, Field(ge=1, le=20)] = 3  # claims before a trial is failed
-
-    @model_validator(mode="after")
-    def _trials_are_valid(self) -> JobSpec:
-        # Imported here: ml.search imports this module.
-        from ml.search import expand
-
-        expand(self)  # raises ValueError naming the bad point or the count
-        return self
-
-    def digest(self) -> str:
-        """Stable hash of the normalised spec, for Idempotency-Key comparisons."""
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()

@@ -4,7 +4,7 @@ The calling process (a worker) supervises and does not train: it spawns one rank
 relays rank 0's hook calls to the caller's `TrialHooks`, and returns rank 0's `TrialResult`.
 A failure anywhere (a rank's exception, a rank that dies, a hook that raises) kills every rank
 and is raised in the caller; ranks also die with the caller. Each rank runs the ordinary loop,
-`ml.train.train_process`, as a member of a `DistributedTeam`:
+`ml.engine.train_process`, as a member of a `DistributedTeam`:
 
 - Global batch = cfg.batch_size; rank r trains on slice r of each batch (batch / world images).
   Every rank draws the same permutation and the same augmentation of the whole batch from the
@@ -45,11 +45,8 @@ import torch.multiprocessing as mp
 from ml import trial_state
 from ml.config import TrainConfig
 from ml.data import Splits
-from ml.environment import Runtime, cuda_devices, precision_for
-from ml.setup import TrialSetup
-from ml.train import (
+from ml.engine import (
     Batches,
-    Decision,
     EpochMetrics,
     EpochTrain,
     Measure,
@@ -58,6 +55,9 @@ from ml.train import (
     TrialResult,
     train_process,
 )
+from ml.environment import Runtime, cuda_devices, precision_for
+from ml.setup import TrialSetup
+from ml.status import Decision
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ def per_rank_batch(batch_size: int, world_size: int) -> int:
 
 
 class DistributedTeam(Team):
-    """This rank's part of each step of ml.train's loop (see the module docstring)."""
+    """This rank's part of each step of ml.engine's loop (see the module docstring)."""
 
     def __init__(self, rank: int, world_size: int, device: torch.device) -> None:
         self.rank, self.world_size, self.device = rank, world_size, device

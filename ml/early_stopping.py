@@ -7,7 +7,7 @@ A history is the list of a trial's validation accuracies, one per completed epoc
   `min_epochs * eta**k`. A trial reaching a rung is promoted (continues) when its accuracy
   there is in the top floor(n/eta) of the n accuracies recorded at that rung so far (itself
   included), as in the paper's promotion rule. When it is not, and other trials of the job
-  have still to reach the rung, it WAITs: the worker pauses it (its checkpoint kept) and
+  have still to reach the rung, it PAUSEs: the worker puts it back in the queue (its checkpoint kept) and
   trains those first, so a few workers do not let the first arrivals run on unchallenged.
   A trial that may not wait (it already did at this rung, or nobody is left to arrive) gets
   the stopping form instead, as in Ray Tune: it continues when in the top max(1, floor(n/eta)).
@@ -18,12 +18,12 @@ A history is the list of a trial's validation accuracies, one per completed epoc
 
 from __future__ import annotations
 
-import enum
 import math
 import statistics
 from collections.abc import Sequence
 
 from ml.config import EarlyStoppingSpec
+from ml.status import Decision
 
 History = Sequence[float]
 
@@ -37,13 +37,7 @@ def asha_rungs(min_epochs: int, eta: int, max_epochs: int) -> list[int]:
     return rungs
 
 
-class Verdict(enum.Enum):
-    CONTINUE = "continue"
-    STOP = "stop"
-    WAIT = "wait"  # pause until the trials still to reach this rung have reported
-
-
-def asha_verdict(
+def asha_decision(
     history: History,
     others: Sequence[History],
     min_epochs: int,
@@ -51,25 +45,18 @@ def asha_verdict(
     max_epochs: int,
     *,
     may_wait: bool = False,
-) -> Verdict:
+) -> Decision:
     epoch = len(history)
     if epoch not in asha_rungs(min_epochs, eta, max_epochs):
-        return Verdict.CONTINUE
+        return Decision.CONTINUE
     recorded = [h[epoch - 1] for h in others if len(h) >= epoch]
     rank = 1 + sum(1 for value in recorded if value > history[epoch - 1])  # 1 is the best
     promotable = math.floor((len(recorded) + 1) / eta)
     if rank <= promotable:
-        return Verdict.CONTINUE
+        return Decision.CONTINUE
     if may_wait:
-        return Verdict.WAIT
-    return Verdict.STOP if rank > max(1, promotable) else Verdict.CONTINUE
-
-
-def asha_should_stop(
-    history: History, others: Sequence[History], min_epochs: int, eta: int, max_epochs: int
-) -> bool:
-    """The stopping form: never waits, and the first arrival at a rung continues."""
-    return asha_verdict(history, others, min_epochs, eta, max_epochs) is Verdict.STOP
+        return Decision.PAUSE
+    return Decision.PRUNE if rank > max(1, promotable) else Decision.CONTINUE
 
 
 def median_should_stop(history: History, others: Sequence[History], min_epochs: int) -> bool:
@@ -82,27 +69,20 @@ def median_should_stop(history: History, others: Sequence[History], min_epochs: 
     return max(history) < statistics.median(running_averages)
 
 
-def verdict(
+def decide(
     rule: EarlyStoppingSpec,
     history: History,
     others: Sequence[History],
     max_epochs: int,
     *,
     may_wait: bool = False,
-) -> Verdict:
+) -> Decision:
     """What the trial whose history is given does now. Only ASHA ever waits (see the module doc);
     `may_wait` says whether other trials of the job have still to reach this epoch."""
     if rule.strategy == "asha":
-        return asha_verdict(
+        return asha_decision(
             history, others, rule.min_epochs, rule.reduction_factor, max_epochs, may_wait=may_wait
         )
     if rule.strategy == "median" and median_should_stop(history, others, rule.min_epochs):
-        return Verdict.STOP
-    return Verdict.CONTINUE
-
-
-def should_stop(
-    rule: EarlyStoppingSpec, history: History, others: Sequence[History], max_epochs: int
-) -> bool:
-    """True when the trial whose history is given should be pruned now (never waiting)."""
-    return verdict(rule, history, others, max_epochs) is Verdict.STOP
+        return Decision.PRUNE
+    return Decision.CONTINUE

@@ -1,4 +1,4 @@
-"""Search-space expansion: a `JobSpec` becomes a list of trials, each a `TrainConfig`.
+"""Search-space expansion: a job's search space and base `TrainConfig` become a list of trials.
 
 Grid and random search share one grammar: a list of choices, or a `RangeSpec` (random only).
 Random search is reproducible from `search.seed`.
@@ -10,14 +10,11 @@ import itertools
 import math
 import random
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import ValidationError
 
-from ml.config import MAX_TRIALS, RangeSpec, TrainConfig
-
-if TYPE_CHECKING:
-    from ml.config import JobSpec
+from ml.config import MAX_TRIALS, RangeSpec, SearchSpec, TrainConfig
 
 
 @dataclass(frozen=True)
@@ -27,13 +24,13 @@ class TrialPoint:
     config: TrainConfig  # base train config with params applied
 
 
-def expand(spec: JobSpec) -> list[TrialPoint]:
+def expand(search: SearchSpec, train: TrainConfig) -> list[TrialPoint]:
     """All trials of a job, in a stable order. Raises ValueError on a bad point or too many."""
-    if spec.search.strategy == "grid":
-        points = _grid_points(spec.search.space)
+    if search.strategy == "grid":
+        points = _grid_points(search.space)
     else:
-        points = _random_points(spec.search.space, spec.search.trials or 1, spec.search.seed)
-    return [TrialPoint(i, p, _apply(spec.train, p)) for i, p in enumerate(points)]
+        points = _random_points(search.space, search.trials or 1, search.seed)
+    return [TrialPoint(i, p, _apply(train, p)) for i, p in enumerate(points)]
 
 
 def _grid_points(space: dict[str, Any]) -> list[dict[str, Any]]:

@@ -7,7 +7,7 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from app.logs import QUIET_LOGGERS
+from app.ops.logs import QUIET_LOGGERS
 
 REWIRED = ("uvicorn", "uvicorn.error", "uvicorn.access", *QUIET_LOGGERS)
 

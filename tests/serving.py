@@ -22,12 +22,14 @@ from PIL import Image
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.db import transaction
-from app.models import RegisteredModel
-from app.queue import EPOCH_FIELDS, Outcome, claim_trial, finish_trial, submit_job
-from app.worker import trial_dir
+from app.store.artifacts import trial_dir
+from app.store.claims import EPOCH_FIELDS, Outcome, claim_trial, finish_trial
+from app.store.db import transaction
+from app.store.jobs import submit_job
+from app.store.tables import RegisteredModel
 from ml.checkpoint import inference_checkpoint, save_atomic
-from ml.config import JobSpec, TrainConfig
+from ml.config import TrainConfig
+from ml.job import JobSpec
 from ml.models import build_model
 from tests.synthetic import CLASSES, make_arrays
 

@@ -11,10 +11,10 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.db import transaction
-from app.models import EpochMetric, Job, Trial
-from app.queue import refresh_job_status, submit_job
-from ml.config import JobSpec
+from app.store.db import transaction
+from app.store.jobs import refresh_job_status, submit_job
+from app.store.tables import EpochMetric, Job, Trial
+from ml.job import JobSpec
 
 EPOCHS = 4
 
@@ -73,7 +73,7 @@ def _finish(session: Session, trial: Trial) -> int:
     session.add_all(EpochMetric(trial_id=trial.id, **row) for row in rows)
     best = max(rows, key=lambda r: r["val_accuracy"])
     trial.status = "pruned" if pruned else "succeeded"
-    trial.epoch, trial.attempts = len(rows), 1
+    trial.epochs_done, trial.attempts = len(rows), 1
     trial.val_accuracy, trial.best_epoch = best["val_accuracy"], best["epoch"]
     trial.test_accuracy = best["val_accuracy"] - 0.01
     trial.train_loss = rows[-1]["train_loss"]
@@ -99,7 +99,7 @@ def advance(factory: sessionmaker[Session], trial_id: int, epochs_done: int, fin
         row = curve(trial.index, epochs_done)[-1]
         session.add(EpochMetric(trial_id=trial_id, **row))
         trial.status = "succeeded" if finished else "running"
-        trial.epoch, trial.attempts, trial.train_loss = epochs_done, 1, row["train_loss"]
+        trial.epochs_done, trial.attempts, trial.train_loss = epochs_done, 1, row["train_loss"]
         if trial.val_accuracy is None or row["val_accuracy"] > trial.val_accuracy:
             trial.val_accuracy, trial.best_epoch = row["val_accuracy"], epochs_done
         trial.started_at = trial.started_at or func.now()

@@ -14,9 +14,9 @@ from fastapi.testclient import TestClient
 from sqlalchemy import delete
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.main import create_app
-from app.models import Job, Worker
+from app.api.main import create_app
 from app.settings import Settings
+from app.store.tables import Job, Worker
 from tests.postgres import fresh_postgres_database
 
 

@@ -24,11 +24,11 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import response_schema_conformance
 from sqlalchemy import delete
 
-from app.db import transaction
-from app.main import create_app
-from app.models import Job
-from app.schemas.jobs import JOB_SPEC_EXAMPLE
+from app.api.main import create_app
+from app.api.schemas.jobs import JOB_SPEC_EXAMPLE
 from app.settings import Settings
+from app.store.db import transaction
+from app.store.tables import Job
 from tests.live_server import serve
 from tests.serving import register_model
 

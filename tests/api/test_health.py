@@ -9,7 +9,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.db import ALEMBIC_VERSION_TABLE, head_revision
+from app.store.db import ALEMBIC_VERSION_TABLE, head_revision
 
 
 def test_healthz_answers_without_the_database(client: TestClient) -> None:

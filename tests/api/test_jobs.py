@@ -12,11 +12,12 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.main import create_app
-from app.models import TRIAL_STATUSES, EpochMetric, Job, RegisteredModel, Trial
-from app.queue import refresh_job_status
-from app.schemas.jobs import JOB_SPEC_EXAMPLE
+from app.api.main import create_app
+from app.api.schemas.jobs import JOB_SPEC_EXAMPLE
 from app.settings import Settings
+from app.store.jobs import refresh_job_status
+from app.store.tables import EpochMetric, Job, RegisteredModel, Trial
+from ml.status import TrialStatus
 from tests.serving import png_files, register_model
 
 PROBLEM = "application/problem+json"
@@ -234,9 +235,9 @@ def test_best_is_the_highest_val_accuracy_with_its_model(
                 "val_accuracy": 0.61,
                 "best_epoch": 3,
                 "test_accuracy": 0.6,
-                "epoch": 3,
+                "epochs_done": 3,
             },
-            1: {"status": "running", "val_accuracy": 0.74, "best_epoch": 2, "epoch": 2, "attempts": 1},
+            1: {"status": "running", "val_accuracy": 0.74, "best_epoch": 2, "epochs_done": 2, "attempts": 1},
         },
     )
     best = client.get(f"/jobs/{job['id']}").json()["best"]
@@ -250,7 +251,7 @@ def test_best_is_the_highest_val_accuracy_with_its_model(
         "epoch": 2,
         "model_id": None,  # still running: nothing registered yet
     }
-    set_trials(sessions, job["id"], {1: {"status": "succeeded", "test_accuracy": 0.73, "epoch": 3}})
+    set_trials(sessions, job["id"], {1: {"status": "succeeded", "test_accuracy": 0.73, "epochs_done": 3}})
     with sessions() as session:
         model = RegisteredModel(
             job_id=job["id"],
@@ -274,7 +275,9 @@ def test_trial_detail_has_its_history_in_epoch_order(
 ) -> None:
     job = submit(client)
     trial_id = job["trials"][2]["id"]
-    set_trials(sessions, job["id"], {2: {"status": "running", "epoch": 2, "attempts": 1, "train_loss": 1.1}})
+    set_trials(
+        sessions, job["id"], {2: {"status": "running", "epochs_done": 2, "attempts": 1, "train_loss": 1.1}}
+    )
     with sessions() as session:
         for epoch, accuracy in ((2, 0.55), (1, 0.41)):  # inserted out of order on purpose
             session.add(
@@ -480,4 +483,4 @@ def test_openapi_documents_jobspec_as_the_body_with_the_example(client: TestClie
     assert example["search"] == JOB_SPEC_EXAMPLE["search"] and example["train"] == JOB_SPEC_EXAMPLE["train"]
     assert "application/problem+json" in post["responses"]["422"]["content"]
     statuses = schema["components"]["schemas"]["TrialOut"]["properties"]["status"]["enum"]
-    assert statuses == list(TRIAL_STATUSES)
+    assert statuses == list(TrialStatus)

@@ -11,8 +11,8 @@ import torch
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.models import RegisteredModel
 from app.settings import Settings
+from app.store.tables import RegisteredModel
 from ml.checkpoint import load_for_inference
 from ml.config import TrainConfig
 from ml.evaluate import predict_logits

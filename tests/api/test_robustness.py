@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi.testclient import TestClient
 
-from app.routes.jobs import encode_cursor
+from app.api.routes.jobs import encode_cursor
 
 BIG = "9" * 40  # far beyond int64
 

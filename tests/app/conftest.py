@@ -14,11 +14,11 @@ import pytest
 from sqlalchemy import Engine, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.db import db_time, make_engine, session_factory, transaction, upgrade_to_head
-from app.models import Base, Trial
-from app.queue import submit_job
 from app.settings import Settings
-from ml.config import JobSpec
+from app.store.db import db_time, make_engine, session_factory, transaction, upgrade_to_head
+from app.store.jobs import submit_job
+from app.store.tables import Base, Trial
+from ml.job import JobSpec
 from tests.postgres import fresh_postgres_database
 
 BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]

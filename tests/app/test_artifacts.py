@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from app.artifacts import attempt_dir, attempts_on_disk, discard_superseded, start_attempt
+from app.store.artifacts import attempt_dir, attempts_on_disk, discard_superseded, start_attempt
 
 
 def _write(folder: Path, **files: bytes) -> None:

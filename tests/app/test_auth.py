@@ -11,8 +11,8 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from app import auth
-from app.main import create_app
+from app.api import auth
+from app.api.main import create_app
 from app.settings import Settings
 
 KEY = "correct horse battery staple"

@@ -15,10 +15,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 from torch import nn
 
-from app.db import transaction
-from app.models import Job, RegisteredModel
-from app.queue import cancel_job, submit_job
 from app.settings import Settings
+from app.store.db import transaction
+from app.store.jobs import cancel_job, submit_job
+from app.store.tables import Job, RegisteredModel
 from tests.app.workers import (
     SMALLER_DATA,
     TRAIN_TIMEOUT_S,
@@ -74,7 +74,7 @@ def test_cancel_stops_a_running_trial_mid_epoch_and_releases_its_model(
 
     trial = trial_row(factory, trial_id)
     # Stopped inside epoch 2: no second epoch was recorded, and well before it could have ended.
-    assert (trial.status, trial.epoch, trial.test_accuracy) == ("cancelled", 1, None)
+    assert (trial.status, trial.epochs_done, trial.test_accuracy) == ("cancelled", 1, None)
     assert [row.epoch for row in epoch_rows(factory, trial_id)] == [1]
     assert stopped_after < epoch_seconds, (stopped_after, epoch_seconds)
     with factory() as session:

@@ -19,9 +19,11 @@ import pytest
 from sqlalchemy import create_engine, inspect, select
 from sqlalchemy.orm import Session
 
-from app.cli import build_parser, gpu_list, next_restart, split_gpus, worker_command
-from app.db import head_revision, schema_revision
-from app.models import Worker
+from app.cli.args import gpu_list
+from app.cli.main import build_parser
+from app.cli.serve import next_restart, split_gpus, worker_command
+from app.store.db import head_revision, schema_revision
+from app.store.tables import Worker
 
 ROOT = Path(__file__).resolve().parents[2]
 T = TypeVar("T")

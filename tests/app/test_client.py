@@ -17,12 +17,12 @@ from fastapi.testclient import TestClient
 from rich.console import Console
 from sqlalchemy import select
 
-from app import client as cli_client
-from app.cli import main
-from app.db import db_time, transaction
-from app.main import create_app
-from app.models import Worker
+from app.api.main import create_app
+from app.cli import client as cli_client
+from app.cli.main import main
 from app.settings import Settings
+from app.store.db import db_time, transaction
+from app.store.tables import Worker
 from tests.live_server import serve
 from tests.log_state import preserved_logging
 from tests.serving import png_files, register_model

@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.main import create_app
+from app.api.main import create_app
 from app.settings import Settings
 from tests.live_server import serve
 from tests.serving import png_files, register_model
@@ -85,7 +85,7 @@ def test_pages_are_html_with_a_same_origin_content_security_policy(client: TestC
 
 
 def test_static_files_come_from_the_package_and_nothing_from_elsewhere(client: TestClient) -> None:
-    static = Path(__file__).resolve().parents[2] / "app" / "static"
+    static = Path(__file__).resolve().parents[2] / "app" / "api" / "static"
     for path in static.iterdir():
         text = path.read_text()
         assert "http://" not in text.replace("http://www.w3.org/2000/svg", "") and "https://" not in text, (

@@ -13,13 +13,16 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.artifacts import attempt_dir, trial_dir
-from app.db import transaction
-from app.main import create_app
-from app.queue import Claim, claim_trial, record_epochs, submit_job
+from app.api.main import create_app
 from app.settings import Settings
-from app.worker import decide, run_worker
-from ml.config import EarlyStoppingSpec, JobSpec
+from app.store.artifacts import attempt_dir, trial_dir
+from app.store.claims import Claim, claim_trial, record_epochs
+from app.store.db import transaction
+from app.store.jobs import submit_job
+from app.worker.hooks import decide
+from app.worker.loop import run_worker
+from ml.config import EarlyStoppingSpec
+from ml.job import JobSpec
 from ml.train import Decision, EpochMetrics
 from tests.app.workers import SMALLER_DATA, TINY_TRAIN
 

@@ -22,10 +22,10 @@ import httpx
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.db import make_engine, session_factory, transaction, upgrade_to_head
-from app.models import Job
-from app.queue import submit_job
 from app.settings import Settings
+from app.store.db import make_engine, session_factory, transaction, upgrade_to_head
+from app.store.jobs import submit_job
+from app.store.tables import Job
 from tests.app.workers import (
     SMALLER_DATA,
     TRAIN_TIMEOUT_S,
@@ -194,7 +194,7 @@ def test_restarting_postgresql_mid_trial_loses_nothing(
         worker.join(timeout=TRAIN_TIMEOUT_S)
     assert not worker.is_alive() and errors == []
     trial = trial_row(factory, trial_id)
-    assert (trial.status, trial.attempts, trial.epoch) == ("succeeded", 1, EPOCHS), trial.error
+    assert (trial.status, trial.attempts, trial.epochs_done) == ("succeeded", 1, EPOCHS), trial.error
     rows = [(row.epoch, row.attempt) for row in epoch_rows(factory, trial_id)]
     assert rows == [(epoch, 1) for epoch in range(1, EPOCHS + 1)]  # each epoch once, by the one attempt
     assert _job_finished(factory, job_id)

@@ -20,13 +20,15 @@ import torch
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-import ml.train
-from app.db import transaction
-from app.models import EpochMetric, Job, RegisteredModel, Trial
-from app.queue import InvalidTransition, LeaseLost, Outcome, claim_trial, finish_trial, submit_job
+import ml.engine
+from app.errors import InvalidTransition, LeaseLost
 from app.settings import Settings
-from app.worker import run_worker
-from ml.config import JobSpec
+from app.store.claims import Outcome, claim_trial, finish_trial
+from app.store.db import transaction
+from app.store.jobs import submit_job
+from app.store.tables import EpochMetric, Job, RegisteredModel, Trial
+from app.worker.loop import run_worker
+from ml.job import JobSpec
 from tests.app.workers import SMALLER_DATA, TINY_TRAIN, TRAIN_TIMEOUT_S, tiny_spec, wait_for, worker_thread
 
 DEVICE_BATCH_LIMIT = 32  # the injected out-of-memory: a "device" that holds at most this many images
@@ -89,7 +91,7 @@ def _job_of(factory: sessionmaker[Session], trial_id: int) -> int:
 @pytest.fixture
 def device_memory_limit(monkeypatch: pytest.MonkeyPatch) -> None:
     """Training batches larger than DEVICE_BATCH_LIMIT raise the error CUDA raises when out of memory."""
-    real = ml.train.train_one_epoch
+    real = ml.engine.train_one_epoch
 
     def limited(model: Any, optimizer: Any, scheduler: Any, batches: Any, **kwargs: Any) -> Any:
         def checked() -> Iterator[Any]:
@@ -100,7 +102,7 @@ def device_memory_limit(monkeypatch: pytest.MonkeyPatch) -> None:
 
         return real(model, optimizer, scheduler, checked(), **kwargs)
 
-    monkeypatch.setattr(ml.train, "train_one_epoch", limited)
+    monkeypatch.setattr(ml.engine, "train_one_epoch", limited)
 
 
 @pytest.mark.slow
@@ -146,7 +148,7 @@ def test_raising_trials_fail_after_max_attempts_with_their_error_while_the_other
         assert trial.finished_at is not None and trial.test_accuracy is None
     assert "downloads are disabled" in (bad_config.error or "")
     for trial in (nan_ok, fine):  # trained in between the failing attempts, undisturbed
-        assert (trial.status, trial.attempts, trial.epoch) == ("succeeded", 1, 1), trial.error
+        assert (trial.status, trial.attempts, trial.epochs_done) == ("succeeded", 1, 1), trial.error
     with factory() as session:
         statuses = {name: session.scalar(select(Job.status).where(Job.id == i)) for name, i in ids.items()}
     assert statuses == {"nan": "succeeded", "bad config": "failed", "oom": "failed", "fine": "succeeded"}
@@ -196,7 +198,9 @@ def test_a_full_artifacts_disk_fails_the_trial_clearly_and_keeps_the_database_co
         run_worker(settings, max_trials=2)
         leftovers = [p.name for p in settings.artifacts_dir.rglob("*") if p.is_file()]
     [trial] = _trials(factory, job_id)
-    assert (trial.status, trial.attempts, trial.epoch, trial.val_accuracy) == ("failed", 2, 0, None), how
+    assert (trial.status, trial.attempts, trial.epochs_done, trial.val_accuracy) == ("failed", 2, 0, None), (
+        how
+    )
     assert trial.error is not None and trial.error.startswith("OSError: [Errno 28] No space left on device")
     assert (
         _count(factory, EpochMetric, EpochMetric.trial_id == trial.id) == 0

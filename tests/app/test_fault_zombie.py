@@ -17,11 +17,11 @@ from sqlalchemy import Engine, select, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.artifacts import trial_dir
-from app.db import is_sqlite, transaction
-from app.models import RegisteredModel
-from app.queue import submit_job
 from app.settings import Settings
+from app.store.artifacts import trial_dir
+from app.store.db import is_sqlite, transaction
+from app.store.jobs import submit_job
+from app.store.tables import RegisteredModel
 from tests.app.workers import (
     SMALLER_DATA,
     TRAIN_TIMEOUT_S,

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app.imaging import MAX_PIXELS, DecodeOptions, ImageRejected, decode_all, decode_base64, decode_image
+from app.errors import ImageRejected
+from app.serving.imaging import MAX_PIXELS, DecodeOptions, decode_all, decode_base64, decode_image
 from tests.serving import encode, png_declaring
 
 STRICT = DecodeOptions()

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from app.inference import serving_graph
+from app.serving.inference import serving_graph
 from ml.config import TrainConfig
 from ml.evaluate import predict_logits
 from ml.models import build_model

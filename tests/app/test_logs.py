@@ -15,8 +15,8 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from app.logs import configure_logging, log_context, request_id_from
-from app.main import create_app
+from app.api.main import create_app
+from app.ops.logs import configure_logging, log_context, request_id_from
 from app.settings import Settings
 from tests.log_state import preserved_logging
 

@@ -14,10 +14,10 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.main import create_app
-from app.models import Job, Trial
+from app.api.main import create_app
 from app.settings import Settings
-from app.worker import run_worker
+from app.store.tables import Job, Trial
+from app.worker.loop import run_worker
 from tests.app.workers import (
     SMALLER_DATA,
     TINY_TRAIN,

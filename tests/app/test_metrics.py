@@ -14,11 +14,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.db import db_time, make_engine, session_factory, transaction
-from app.main import create_app
-from app.metrics import check_local_worker
-from app.models import Worker
+from app.api.main import create_app
+from app.ops.health import check_local_worker
 from app.settings import Settings
+from app.store.db import db_time, make_engine, session_factory, transaction
+from app.store.tables import Worker
 from tests.serving import png_files, register_model
 from tests.sweep_rows import advance, start_trial, write_sweep
 

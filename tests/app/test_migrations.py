@@ -10,7 +10,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine, inspect, text
 
-from app.db import (
+from app.store.db import (
     ALEMBIC_VERSION_TABLE,
     MIGRATION_LOCK_KEY,
     alembic_config,
@@ -21,7 +21,7 @@ from app.db import (
     schema_revision,
     upgrade_to_head,
 )
-from app.models import Base
+from app.store.tables import Base
 
 
 def _schema_diff(engine: Engine) -> list[object]:

@@ -14,12 +14,11 @@ import numpy as np
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.batching import Overloaded
-from app.db import transaction
-from app.predictor import ModelUnavailable, NoModel, Predictor
-from app.queue import NotFound
-from app.registry import promote_model
+from app.errors import ModelUnavailable, NoModel, NotFound, Overloaded
+from app.serving.predictor import Predictor
 from app.settings import Settings
+from app.store.db import transaction
+from app.store.registry import promote_model
 from tests.serving import encode, png_files, register_model, synthetic_pixels
 
 # Inference behaviour does not depend on the database: those tests run on SQLite only, while the

@@ -12,25 +12,30 @@ import pytest
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.db import db_time, make_engine, session_factory, transaction
-from app.models import TRIAL_STATUSES, TRIAL_TRANSITIONS, EpochMetric, Job, RegisteredModel, Trial, Worker
-from app.queue import (
+from app.errors import InvalidTransition, LeaseLost
+from app.store.claims import (
     Claim,
-    InvalidTransition,
-    LeaseLost,
+    Lease,
     Outcome,
-    cancel_job,
     check_transition,
     claim_trial,
     fail_trial,
     finish_trial,
-    heartbeat,
     pause_trial,
     record_epochs,
-    register_worker,
-    touch_worker,
-    unregister_worker,
+    renew_lease,
 )
+from app.store.db import db_time, make_engine, session_factory, transaction
+from app.store.jobs import cancel_job
+from app.store.tables import EpochMetric, Job, RegisteredModel, Trial, Worker
+from app.store.workers import register_worker, touch_worker, unregister_worker
+from ml.status import TRIAL_TRANSITIONS, TrialStatus
+
+
+def heartbeat(engine: Engine, claim: Claim) -> bool:
+    """Renew the lease; False when the claim no longer holds the trial."""
+    return renew_lease(engine, claim) is not Lease.LOST
+
 
 LEASE = 30.0
 Submit = Callable[..., list[int]]
@@ -193,7 +198,7 @@ def test_a_zombie_attempt_cannot_overwrite_the_newer_one(
         with pytest.raises(LeaseLost, match="lost its lease"), transaction(factory) as session:
             write(session)
     trial = _trial(factory, trial_id)
-    assert (trial.status, trial.epoch, trial.val_accuracy, trial.error) == ("running", 1, 0.3, None)
+    assert (trial.status, trial.epochs_done, trial.val_accuracy, trial.error) == ("running", 1, 0.3, None)
     assert _epochs_in_db(factory, trial_id) == [(1, 1)]
 
     with transaction(factory) as session:
@@ -216,7 +221,7 @@ def test_record_epochs_adds_missing_rows_once_and_tracks_the_best(
             record_epochs(session, claim, restored)
     assert [epoch for epoch, _ in _epochs_in_db(factory, trial_id)] == [1, 2, 3]
     trial = _trial(factory, trial_id)
-    assert (trial.epoch, trial.best_epoch, trial.val_accuracy, trial.train_loss) == (3, 2, 0.7, 0.2)
+    assert (trial.epochs_done, trial.best_epoch, trial.val_accuracy, trial.train_loss) == (3, 2, 0.7, 0.2)
 
 
 def test_success_registers_the_best_checkpoint(factory: sessionmaker[Session], submit: Submit) -> None:
@@ -242,8 +247,8 @@ def test_success_registers_the_best_checkpoint(factory: sessionmaker[Session], s
     assert (job.status, job.finished_at is not None) == ("succeeded", True)
 
 
-@pytest.mark.parametrize(("current", "new"), [(a, b) for a in TRIAL_STATUSES for b in TRIAL_STATUSES])
-def test_check_transition_follows_the_table(current: str, new: str) -> None:
+@pytest.mark.parametrize(("current", "new"), [(a, b) for a in TrialStatus for b in TrialStatus])
+def test_check_transition_follows_the_table(current: TrialStatus, new: TrialStatus) -> None:
     if new in TRIAL_TRANSITIONS[current]:
         check_transition(current, new)
     else:
@@ -306,7 +311,7 @@ def test_a_pause_requeues_with_the_curve_and_is_not_a_failed_attempt(
     with transaction(factory) as session:
         assert pause_trial(session, claim, [_epoch(1, 0.4)]) == "queued"
     trial = _trial(factory, first)
-    assert (trial.status, trial.worker_id, trial.epoch) == ("queued", None, 1)
+    assert (trial.status, trial.worker_id, trial.epochs_done) == ("queued", None, 1)
     assert (trial.pauses, trial.attempts) == (1, 1)
     assert _epochs_in_db(factory, first) == [(1, 1)]
     # Breadth first: the trial with fewer completed epochs is claimed before the paused one.
@@ -362,7 +367,7 @@ def test_cancel_stops_queued_trials_now_and_running_ones_at_a_boundary(
     with transaction(factory) as session:
         finish_trial(session, claim, Outcome("cancelled", [_epoch(1, 0.3), _epoch(2, 0.4)], None, None, None))
     trial = _trial(factory, running_id)
-    assert (trial.status, trial.epoch) == ("cancelled", 2)
+    assert (trial.status, trial.epochs_done) == ("cancelled", 2)
     job = _job(factory, claim.job_id)
     assert (job.status, job.finished_at is not None) == ("cancelled", True)
 

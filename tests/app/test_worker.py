@@ -18,12 +18,15 @@ from sqlalchemy import Engine, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.artifacts import attempt_dir, trial_dir
-from app.db import transaction
-from app.models import Job, RegisteredModel, Trial, Worker
-from app.queue import Claim, cancel_job, claim_trial, submit_job
 from app.settings import Settings
-from app.worker import LeaseKeeper, describe_error, retry_db, run_worker
+from app.store.artifacts import attempt_dir, trial_dir
+from app.store.claims import Claim, claim_trial
+from app.store.db import transaction
+from app.store.jobs import cancel_job, submit_job
+from app.store.tables import Job, RegisteredModel, Trial, Worker
+from app.worker.lease import LeaseKeeper
+from app.worker.loop import run_worker
+from app.worker.retry import describe_error, retry_db
 from ml.data import load_dataset, make_splits
 from ml.train import EpochMetrics, TrialHooks, TrialResult, run_trial
 from tests.app.workers import (
@@ -176,7 +179,7 @@ def test_worker_process_trains_a_two_trial_job(
         assert trial is not None and trial.status == "succeeded", trial and trial.error
         assert trial.val_accuracy is not None and trial.val_accuracy >= 0.5  # chance is 0.1
         assert trial.test_accuracy is not None and trial.test_accuracy >= 0.5
-        assert (trial.attempts, trial.epoch, trial.best_epoch) == (1, 1, 1)
+        assert (trial.attempts, trial.epochs_done, trial.best_epoch) == (1, 1, 1)
         assert [m.epoch for m in epoch_rows(factory, trial.id)] == [1]
         model = models[trial.id]
         assert (model.epoch, model.val_accuracy, model.arch) == (
@@ -230,7 +233,7 @@ def test_kill_9_mid_trial_then_another_worker_resumes_it_exactly(
 
     finish(start_worker(settings, second_log, "--max-trials", "1"), second_log)
     trial = trial_row(factory, trial_id)
-    assert (trial.status, trial.attempts, trial.epoch) == ("succeeded", 2, 3), trial.error
+    assert (trial.status, trial.attempts, trial.epochs_done) == ("succeeded", 2, 3), trial.error
     rows = epoch_rows(factory, trial_id)
     assert [row.epoch for row in rows] == [1, 2, 3]
     assert (rows[0].attempt, rows[-1].attempt) == (1, 2)
@@ -285,7 +288,7 @@ def test_an_epoch_checkpointed_but_not_recorded_is_recorded_on_resume(
 
     run_worker(settings, max_trials=1)
     trial = trial_row(factory, trial_id)
-    assert (trial.status, trial.attempts, trial.epoch) == ("succeeded", 2, 2), trial.error
+    assert (trial.status, trial.attempts, trial.epochs_done) == ("succeeded", 2, 2), trial.error
     assert [(row.epoch, row.attempt) for row in epoch_rows(factory, trial_id)] == [(1, 2), (2, 2)]
 
 
@@ -307,13 +310,13 @@ def test_cancel_stops_a_running_trial_at_the_next_epoch_boundary(
         with transaction(factory) as session:
             running = session.get(Trial, trial_id, with_for_update=True)  # no epoch lands in between
             assert running is not None and running.status == "running"
-            epochs_done = running.epoch
+            epochs_done = running.epochs_done
             cancel_job(session, job_id)
     finally:
         thread.join(timeout=TRAIN_TIMEOUT_S)
     assert not thread.is_alive() and errors == []
     trial = trial_row(factory, trial_id)
-    assert (trial.status, trial.epoch, trial.test_accuracy) == ("cancelled", epochs_done + 1, None)
+    assert (trial.status, trial.epochs_done, trial.test_accuracy) == ("cancelled", epochs_done + 1, None)
     assert len(epoch_rows(factory, trial_id)) == epochs_done + 1
     with factory() as session:
         job = session.get(Job, job_id)
@@ -375,5 +378,5 @@ def test_sigterm_stops_the_worker_without_writing_the_trial_off(
         1,
         None,
     )  # resumable once the lease ends
-    assert trial.epoch < 3
+    assert trial.epochs_done < 3
     assert worker_rows(factory) == []

@@ -1,7 +1,7 @@
 """From the worker's --gpus option to the devices a trial trains on, on SQLite and PostgreSQL.
 
 Without CUDA the CPU paths train for real (one process, or two gloo ranks for ddp); the CUDA path
-is followed as far as this machine allows: `python -m app.worker --gpus 0,1` hands the ids on,
+is followed as far as this machine allows: `sweepserve worker --gpus 0,1` hands the ids on,
 and the runtime chosen for several GPUs is DataParallel unless ddp is asked for.
 """
 
@@ -19,15 +19,16 @@ import torch
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-import app.worker
-from app.db import transaction
-from app.models import RegisteredModel, Trial
-from app.queue import submit_job
+import app.worker.loop
 from app.settings import Settings
-from app.worker import run_worker
+from app.store.db import transaction
+from app.store.jobs import submit_job
+from app.store.tables import RegisteredModel, Trial
+from app.worker.loop import run_worker
 from ml.checkpoint import load_checkpoint
-from ml.config import JobSpec, TrainConfig
+from ml.config import TrainConfig
 from ml.environment import select_runtime
+from ml.job import JobSpec
 from tests.synthetic import write_image_folder
 
 REPO = Path(__file__).resolve().parents[2]
@@ -66,7 +67,7 @@ def _submit(factory: sessionmaker[Session], space: dict[str, list[Any]], max_att
 
 
 def _run_worker_process(settings: Settings, log_file: Path, *args: str) -> tuple[int, str]:
-    """`python -m app.worker ARGS` to completion; returns its exit code and log."""
+    """`sweepserve worker ARGS` to completion; returns its exit code and log."""
     env = os.environ | {
         "PYTHONPATH": str(REPO),
         "OMP_NUM_THREADS": "1",  # two shared cores: one thread, or one per rank under ddp
@@ -77,7 +78,7 @@ def _run_worker_process(settings: Settings, log_file: Path, *args: str) -> tuple
         "SWEEPSERVE_POLL_SECONDS": "0.1",
     }
     with log_file.open("wb") as log:
-        command = [sys.executable, "-m", "app.worker", *args]
+        command = [sys.executable, "-m", "app.cli", "worker", *args]
         process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
             process.wait(timeout=WORKER_TIMEOUT_S)
@@ -105,13 +106,13 @@ def test_gpus_empty_trains_every_trial_on_the_cpu_in_one_process_or_two_ddp_rank
     ids = _submit(factory, {"parallel": ["none", "ddp"]})
     settings = worker_settings(data_dir=data_dir)
     seen: list[list[int] | None] = []
-    real_run_trial = app.worker.run_trial
+    real_run_trial = app.worker.loop.run_trial
 
     def run_trial(*args: Any, device_ids: list[int] | None = None, **kwargs: Any) -> Any:
         seen.append(device_ids)  # then trains for real
         return real_run_trial(*args, device_ids=device_ids, **kwargs)
 
-    monkeypatch.setattr(app.worker, "run_trial", run_trial)
+    monkeypatch.setattr(app.worker.loop, "run_trial", run_trial)
     with caplog.at_level(logging.INFO, logger="sweepserve.worker"):
         run_worker(settings, gpus=[], max_trials=2)
     assert "worker started (gpus: cpu)" in caplog.text

@@ -16,10 +16,10 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.models import EpochMetric, Trial, Worker
 from app.settings import Settings
-from app.worker import run_worker
-from ml.config import JobSpec
+from app.store.tables import EpochMetric, Trial, Worker
+from app.worker.loop import run_worker
+from ml.job import JobSpec
 
 REPO = Path(__file__).resolve().parents[2]
 # The ML engine's fast test recipe (tests/ml/conftest.py): separates the synthetic classes in 2 epochs.
@@ -79,7 +79,7 @@ def start_process(settings: Settings, log_file: Path, *argv: str) -> subprocess.
 
 
 def start_worker(settings: Settings, log_file: Path, *args: str) -> subprocess.Popen[bytes]:
-    return start_process(settings, log_file, "-m", "app.worker", *args)
+    return start_process(settings, log_file, "-m", "app.cli", "worker", *args)
 
 
 def wait_for(

@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 from ml.config import EarlyStoppingSpec
-from ml.early_stopping import (
-    Verdict,
-    asha_rungs,
-    asha_should_stop,
-    asha_verdict,
-    median_should_stop,
-    should_stop,
-    verdict,
-)
+from ml.early_stopping import asha_decision, asha_rungs, decide, median_should_stop
+from ml.status import Decision
+
+
+def asha_should_stop(
+    history: list[float], others: list[list[float]], min_epochs: int, eta: int, max_epochs: int
+) -> bool:
+    """The stopping form of ASHA (never waits)."""
+    return asha_decision(history, others, min_epochs, eta, max_epochs) is Decision.PRUNE
+
+
+def should_stop(
+    rule: EarlyStoppingSpec, history: list[float], others: list[list[float]], epochs: int
+) -> bool:
+    return decide(rule, history, others, epochs) is Decision.PRUNE
 
 
 def test_rungs_are_geometric_and_below_the_last_epoch() -> None:
@@ -66,21 +72,21 @@ def test_dispatch_by_strategy() -> None:
 
 def test_asha_promotes_only_the_top_floor_n_over_eta_and_else_waits_when_it_may() -> None:
     # Li et al.'s promotion rule: with n results at a rung, the top floor(n / eta) go on.
-    assert asha_verdict([0.9], [], 1, 3, 9, may_wait=True) is Verdict.WAIT  # floor(1/3) = 0
-    assert asha_verdict([0.9], [[0.5]], 1, 3, 9, may_wait=True) is Verdict.WAIT  # floor(2/3) = 0
-    assert asha_verdict([0.9], [[0.5], [0.4]], 1, 3, 9, may_wait=True) is Verdict.CONTINUE  # top 1 of 3
-    assert asha_verdict([0.45], [[0.5], [0.4]], 1, 3, 9, may_wait=True) is Verdict.WAIT
-    assert asha_verdict([0.45], [[0.5], [0.4]], 1, 3, 9, may_wait=False) is Verdict.STOP
+    assert asha_decision([0.9], [], 1, 3, 9, may_wait=True) is Decision.PAUSE  # floor(1/3) = 0
+    assert asha_decision([0.9], [[0.5]], 1, 3, 9, may_wait=True) is Decision.PAUSE  # floor(2/3) = 0
+    assert asha_decision([0.9], [[0.5], [0.4]], 1, 3, 9, may_wait=True) is Decision.CONTINUE  # top 1 of 3
+    assert asha_decision([0.45], [[0.5], [0.4]], 1, 3, 9, may_wait=True) is Decision.PAUSE
+    assert asha_decision([0.45], [[0.5], [0.4]], 1, 3, 9, may_wait=False) is Decision.PRUNE
 
 
 def test_asha_without_waiting_is_the_stopping_form() -> None:
     # Nobody left to arrive (or it waited already): the first arrival continues, as in Ray Tune.
-    assert asha_verdict([0.1], [], 1, 3, 9, may_wait=False) is Verdict.CONTINUE
-    assert asha_verdict([0.5, 0.5], [[0.9, 0.9]], 1, 3, 9, may_wait=True) is Verdict.CONTINUE  # no rung
+    assert asha_decision([0.1], [], 1, 3, 9, may_wait=False) is Decision.CONTINUE
+    assert asha_decision([0.5, 0.5], [[0.9, 0.9]], 1, 3, 9, may_wait=True) is Decision.CONTINUE  # no rung
 
 
 def test_only_asha_ever_waits() -> None:
     median = EarlyStoppingSpec(strategy="median", min_epochs=1)
-    assert verdict(median, [0.9], [], 9, may_wait=True) is Verdict.CONTINUE
-    assert verdict(median, [0.1], [[0.9], [0.8]], 9, may_wait=True) is Verdict.STOP
-    assert verdict(EarlyStoppingSpec(strategy="none"), [0.1], [], 9, may_wait=True) is Verdict.CONTINUE
+    assert decide(median, [0.9], [], 9, may_wait=True) is Decision.CONTINUE
+    assert decide(median, [0.1], [[0.9], [0.8]], 9, may_wait=True) is Decision.PRUNE
+    assert decide(EarlyStoppingSpec(strategy="none"), [0.1], [], 9, may_wait=True) is Decision.CONTINUE

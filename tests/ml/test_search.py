@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from ml.config import MAX_TRIALS, REPORT_RECIPE, JobSpec, TrainConfig
-from ml.search import expand
+from ml.config import MAX_TRIALS, REPORT_RECIPE, TrainConfig
+from ml.job import JobSpec
 
 
 def test_grid_is_the_cartesian_product_over_the_base_config() -> None:
@@ -16,7 +16,7 @@ def test_grid_is_the_cartesian_product_over_the_base_config() -> None:
             "train": {"epochs": 3, "batch_size": 64},
         }
     )
-    points = expand(spec)
+    points = spec.points
     assert len(points) == 9
     assert [p.index for p in points] == list(range(9))
     assert points[4].params == {"lr": 0.01, "weight_decay": 1e-5}
@@ -25,7 +25,7 @@ def test_grid_is_the_cartesian_product_over_the_base_config() -> None:
 
 
 def test_empty_space_is_one_trial_with_the_base_config() -> None:
-    (point,) = expand(JobSpec())
+    (point,) = JobSpec().points
     assert point.params == {} and point.config == TrainConfig()
 
 
@@ -38,10 +38,10 @@ def test_random_search_is_reproducible_from_its_seed() -> None:
             "space": {"lr": {"low": 1e-4, "high": 0.3, "log": True}, "norm": ["batch", "group"]},
         }
     }
-    first = [p.params for p in expand(JobSpec.model_validate(body))]
-    again = [p.params for p in expand(JobSpec.model_validate(body))]
+    first = [p.params for p in JobSpec.model_validate(body).points]
+    again = [p.params for p in JobSpec.model_validate(body).points]
     body["search"]["seed"] = 8
-    other = [p.params for p in expand(JobSpec.model_validate(body))]
+    other = [p.params for p in JobSpec.model_validate(body).points]
     assert first == again and first != other
     assert len(first) == 20
     assert all(1e-4 <= p["lr"] <= 0.3 and p["norm"] in ("batch", "group") for p in first)
@@ -58,7 +58,7 @@ def test_integer_ranges_give_integers() -> None:
             }
         }
     )
-    assert all(isinstance(p.config.epochs, int) and 1 <= p.config.epochs <= 4 for p in expand(spec))
+    assert all(isinstance(p.config.epochs, int) and 1 <= p.config.epochs <= 4 for p in spec.points)
 
 
 @pytest.mark.parametrize(

@@ -8,8 +8,9 @@ import pytest
 import torch
 from torch import nn
 
+from ml.engine import train_one_epoch
 from ml.environment import Runtime
-from ml.train import TrialAborted, train_one_epoch
+from ml.train import TrialAborted
 
 CPU = Runtime(torch.device("cpu"), (), "none", "fp32")
 

@@ -238,7 +238,7 @@ def test_a_paused_trial_is_untested_and_its_resume_decides_before_training(
 
     cfg = TrainConfig(arch="resnet18_imagenet", epochs=3, batch_size=10, ema_decay=0)
     paused = run_trial(cfg, micro_splits, tmp_path, PauseAtOnce(), device_ids=[])
-    assert paused.status == "paused" and len(paused.history) == 1 and paused.test_accuracy is None
+    assert paused.status == "queued" and len(paused.history) == 1 and paused.test_accuracy is None
     assert (tmp_path / "last.pt").is_file()
     resumed = run_trial(cfg, micro_splits, tmp_path, PruneOnResume(), device_ids=[])
     assert seen == [1]

@@ -1,0 +1,1 @@
+"""The HTTP API: the FastAPI app, every route, request and response bodies, auth and problems."""

@@ -1,0 +1,55 @@
+"""Probes: /healthz says the process answers; /readyz that it can serve (database and schema)."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from fastapi import APIRouter, Request
+from sqlalchemy.exc import SQLAlchemyError
+
+from app.api.deps import PredictorDep
+from app.api.problems import Problem
+from app.api.schemas import problem_responses
+from app.store.db import head_revision, schema_revision
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz", summary="The process is up")
+def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get(
+    "/readyz",
+    summary="Ready to serve: database reachable, schema at head; reports the model state",
+    responses=problem_responses(503),
+)
+def readyz(request: Request, predictor: PredictorDep) -> dict[str, Any]:
+    # No model yet does not make the service unready: jobs must be submittable to produce one.
+    checks: dict[str, Any] = {**_schema_check(request), "model": predictor.status()}
+    if checks["database"] != "ok" or checks["schema"] != "at head":
+        raise Problem(503, "Not ready", _reason(checks), checks=checks)
+    return {"status": "ready", "checks": checks}
+
+
+@functools.cache
+def _head() -> str:
+    return head_revision()  # the code's newest migration: fixed for the life of the process
+
+
+def _schema_check(request: Request) -> dict[str, Any]:
+    head = _head()
+    try:
+        current = schema_revision(request.app.state.engine)
+    except SQLAlchemyError as exc:
+        return {"database": f"unreachable: {type(exc).__name__}", "schema": "unknown", "head": head}
+    schema = "at head" if current == head else f"at {current or 'nothing'}"
+    return {"database": "ok", "schema": schema, "revision": current, "head": head}
+
+
+def _reason(checks: dict[str, Any]) -> str:
+    if checks["database"] != "ok":
+        return f"the database is {checks['database']}"
+    return f"the schema is {checks['schema']}, not at {checks['head']}; run `sweepserve migrate`"

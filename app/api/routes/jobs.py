@@ -1,0 +1,153 @@
+"""/jobs: submit a sweep, follow it, cancel it, delete it. The rules live in app.store.jobs."""
+
+from __future__ import annotations
+
+import base64
+import shutil
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Header, Query, Response
+from pydantic import BeforeValidator, WithJsonSchema
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from app.api.deps import MAX_ID, JobId, PredictorDep, SessionDep, SettingsDep
+from app.api.schemas import problem_responses
+from app.api.schemas.jobs import (
+    JOB_SPEC_EXAMPLE,
+    JobOut,
+    JobPage,
+    JobStatusValue,
+    best_trial,
+    job_out,
+    job_summary,
+)
+from app.store.artifacts import job_dir
+from app.store.jobs import (
+    cancel_job,
+    delete_job,
+    get_job,
+    list_jobs,
+    model_of_trial,
+    submit_job,
+    trial_counts,
+)
+from ml.job import JobSpec
+
+CURSOR_PREFIX = b"jobs:"
+
+router = APIRouter(prefix="/jobs", tags=["jobs"])
+
+
+def encode_cursor(last_id: int) -> str:
+    return base64.urlsafe_b64encode(CURSOR_PREFIX + str(last_id).encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> int:
+    """The last id of the previous page. ValueError (a 422 naming `cursor`) for anything we did not issue."""
+    last_id = _cursor_id(cursor) if len(cursor) <= 64 else None
+    if last_id is None or not 1 <= last_id <= MAX_ID:
+        raise ValueError("not a cursor from GET /jobs; pass next_cursor back unchanged")
+    return last_id
+
+
+def _cursor_id(cursor: str) -> int | None:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+    except ValueError:  # binascii.Error, or non-ASCII text
+        return None
+    digits = raw.removeprefix(CURSOR_PREFIX)
+    return int(digits) if raw.startswith(CURSOR_PREFIX) and digits.isdigit() else None
+
+
+Cursor = Annotated[int, BeforeValidator(decode_cursor), WithJsonSchema({"type": "string", "maxLength": 64})]
+
+
+@router.post(
+    "",
+    status_code=202,
+    response_model=JobOut,
+    responses=problem_responses(422),
+    summary="Submit a sweep: one trial per point of the search space",
+)
+def create_job(
+    spec: Annotated[JobSpec, Body(openapi_examples={"grid": {"value": JOB_SPEC_EXAMPLE}})],
+    session: SessionDep,
+    response: Response,
+    idempotency_key: Annotated[
+        str | None,
+        Header(min_length=1, max_length=255, description="same key + same body returns the original job"),
+    ] = None,
+) -> JobOut:
+    job_id = _submit(session, spec, idempotency_key)
+    response.headers["Location"] = f"/jobs/{job_id}"
+    return _job_out(session, job_id)
+
+
+@router.get("", response_model=JobPage, responses=problem_responses(422), summary="Jobs, newest first")
+def read_jobs(
+    session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    cursor: Annotated[Cursor | None, Query(description="next_cursor of the previous page")] = None,
+    status: Annotated[JobStatusValue | None, Query(description="only jobs in this status")] = None,
+) -> JobPage:
+    rows, more = list_jobs(session, limit, cursor, status)
+    items = [job_summary(row.job, row.counts, row.best_val_accuracy) for row in rows]
+    return JobPage(items=items, next_cursor=encode_cursor(rows[-1].job.id) if more else None)
+
+
+@router.get("/{job_id}", response_model=JobOut, responses=problem_responses(404, 422))
+def read_job(job_id: JobId, session: SessionDep) -> JobOut:
+    return _job_out(session, job_id)
+
+
+@router.post(
+    "/{job_id}/cancel",
+    status_code=202,
+    response_model=JobOut,
+    responses=problem_responses(404, 409, 422),
+    summary="Cancel queued trials now; running ones stop at their next boundary",
+)
+def cancel(job_id: JobId, session: SessionDep) -> JobOut:
+    cancel_job(session, job_id)
+    session.commit()
+    return _job_out(session, job_id)
+
+
+@router.delete(
+    "/{job_id}",
+    status_code=204,
+    response_class=Response,
+    responses=problem_responses(404, 409, 422),
+    summary="Delete a finished job, its trials, models and checkpoint files",
+)
+def remove_job(
+    job_id: JobId, session: SessionDep, settings: SettingsDep, predictor: PredictorDep
+) -> Response:
+    delete_job(session, job_id)
+    # Rows first: once they are gone no worker or predictor looks for the files.
+    session.commit()
+    shutil.rmtree(job_dir(settings.artifacts_dir, job_id), ignore_errors=True)
+    predictor.request_reload()  # it may be serving one of this job's models: let it switch now
+    return Response(status_code=204)
+
+
+def _submit(session: Session, spec: JobSpec, idempotency_key: str | None) -> int:
+    try:
+        job, _ = submit_job(session, spec, idempotency_key)
+        session.commit()
+    except IntegrityError:
+        if idempotency_key is None:
+            raise
+        # A concurrent request with the same key inserted first; answer as its replay would.
+        session.rollback()
+        job, _ = submit_job(session, spec, idempotency_key)
+    return job.id
+
+
+def _job_out(session: Session, job_id: int) -> JobOut:
+    session.expire_all()  # a commit or a bulk update (cancel) may have left loaded rows stale
+    job = get_job(session, job_id)
+    best = best_trial(job.trials)
+    model_id = None if best is None else model_of_trial(session, best.id)
+    return job_out(job, trial_counts(session, job_id), best, model_id)

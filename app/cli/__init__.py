@@ -1,0 +1,1 @@
+"""`sweepserve`: the command line (server, worker, migrations, and an HTTP client)."""

@@ -1,0 +1,92 @@
+"""Every error the service answers a request with, and the HTTP status it means.
+
+Raised by the store, the serving code and the routes alike; `app.api.problems` turns any of them
+into an RFC 9457 problem with `status`, `title` and the message as `detail`. One home, so the
+lower layers never import the API to say "not found".
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class ServiceError(Exception):
+    """Base class: `status` and `title` say how the API answers; `headers` and `extra` go with it."""
+
+    status: ClassVar[int] = 500
+    title: ClassVar[str] = "Internal server error"
+
+    def __init__(self, detail: str, *, headers: dict[str, str] | None = None, **extra: Any) -> None:
+        super().__init__(detail)
+        self.headers = headers or {}
+        self.extra = extra
+
+
+class NotFound(ServiceError, LookupError):
+    """No such row."""
+
+    status, title = 404, "Not found"
+
+
+class Conflict(ServiceError):
+    """The request is valid but the row's state forbids it."""
+
+    status, title = 409, "Conflict"
+
+
+class InvalidTransition(Conflict):
+    """A trial status change that `ml.status.TRIAL_TRANSITIONS` does not allow."""
+
+
+class IdempotencyMismatch(ServiceError, ValueError):
+    """An Idempotency-Key was reused with a different body."""
+
+    status, title = 422, "Idempotency-Key reused"
+
+
+class LeaseLost(ServiceError):
+    """This (worker, attempt) no longer holds the trial: its lease expired and it was reclaimed."""
+
+    status, title = 409, "Lease lost"
+
+
+class NoModel(ServiceError):
+    """No model is registered yet, or the active one could not be loaded."""
+
+    status, title = 503, "No model to serve"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail, headers={"Retry-After": "10"})
+
+
+class ModelUnavailable(NoModel):
+    """A requested model exists but its checkpoint cannot be loaded."""
+
+
+class Overloaded(ServiceError):
+    """The request queue is full; the client should retry after `retry_after` seconds."""
+
+    status, title = 503, "Overloaded"
+
+    def __init__(self, pending: int, limit: int, retry_after: int) -> None:
+        super().__init__(
+            f"{pending} images are already waiting (limit {limit}); retry in {retry_after} s",
+            headers={"Retry-After": str(retry_after)},
+        )
+        self.retry_after = retry_after
+
+
+class ImageRejected(ServiceError, ValueError):
+    """One input cannot be used; `status` is 413, 415 or 422 depending on why."""
+
+    title = "Unusable image"
+
+    def __init__(self, index: int, status: int, reason: str) -> None:
+        super().__init__(f"image {index}: {reason}", index=index)
+        self.index, self.status, self.reason = index, status, reason  # type: ignore[misc]
+
+
+class ExportUnavailable(ServiceError):
+    """The optional packages for this export format are not installed."""
+
+    status, title = 501, "Export format unavailable"

@@ -1,0 +1,1 @@
+"""Serving: the active model, hot reload, safe image decoding, batched inference, export."""

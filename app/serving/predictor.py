@@ -1,0 +1,201 @@
+"""The predictor behind /predict: the active model, hot reload, an LRU of pinned models, batching.
+
+The active model is re-read from the database every `model_poll_seconds` (or at once after
+`request_reload()`). A new one is loaded and warmed up in a thread beside the old one, then
+swapped in by a single assignment: requests already queued finish on the model they were given,
+new ones get the new model, and none waits for the load.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import OrderedDict
+from typing import Any
+
+import numpy as np
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.errors import ModelUnavailable, NoModel
+from app.ops.instruments import count_reload
+from app.serving.batching import DynamicBatcher
+from app.serving.imaging import DecodeOptions, decode_all
+from app.serving.inference import LoadedModel, load_model, pick_device
+from app.settings import Settings
+from app.store.registry import ModelInfo, active_model_info, get_model
+
+log = logging.getLogger("sweepserve.predictor")
+
+
+class Predictor:
+    def __init__(self, settings: Settings, session_factory: sessionmaker[Session]) -> None:
+        self._settings = settings
+        self._sessions = session_factory
+        self._device = pick_device()
+        self._batcher = DynamicBatcher(
+            settings.max_batch_size,
+            settings.max_delay_ms / 1000,
+            settings.max_queue,
+            settings.inference_threads,
+        )
+        self._active: LoadedModel | None = None
+        self._cache: OrderedDict[int, LoadedModel] = OrderedDict()  # LRU, most recent last
+        self._loading: dict[int, asyncio.Future[LoadedModel]] = {}
+        self._wake = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._poller: asyncio.Task[None] | None = None
+        self.reloads = 0  # switches of the active model
+        self.last_error: str | None = None
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        await self._batcher.start()
+        self._poller = asyncio.create_task(self._poll_forever(), name="model-poller")
+
+    async def stop(self) -> None:
+        if self._poller is not None:
+            self._poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poller
+        await self._batcher.stop()
+
+    def request_reload(self) -> None:
+        """Look for a new active model now. Safe to call from any thread."""
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._wake.set)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "model_id": self._active.info.id if self._active else None,
+            "loaded": self._active is not None,
+            "cached_model_ids": list(self._cache),
+            "device": str(self._device),
+            "precision": self._active.precision if self._active else None,
+            "pending_images": self._batcher.pending,
+            "forward_passes": self._batcher.forward_passes,
+            "images_predicted": self._batcher.images_done,
+            "reloads": self.reloads,
+            "last_error": self.last_error,
+        }
+
+    @property
+    def forward_passes(self) -> int:
+        return self._batcher.forward_passes
+
+    # --- prediction ------------------------------------------------------------------------
+
+    async def predict(self, images: list[bytes], *, model_id: int | None, resize: bool, tta: bool) -> dict:
+        """Decode (in a thread), batch with concurrent requests, answer in input order."""
+        model = await self._model_for(model_id)
+        with self._batcher.arriving(len(images)):
+            pixels = await asyncio.to_thread(decode_all, images, DecodeOptions(resize=resize))
+        probs = await self._batcher.submit(model, pixels, tta)  # no await in between: queued at once
+        return {"model": model.info.public(), "predictions": [_prediction(p, model.classes) for p in probs]}
+
+    async def _model_for(self, model_id: int | None) -> LoadedModel:
+        active = self._active
+        if model_id is None or (active is not None and active.info.id == model_id):
+            if active is None:
+                raise NoModel(self._no_model_reason())
+            return active
+        if model_id in self._cache:
+            self._cache.move_to_end(model_id)
+            return self._cache[model_id]
+        info = await asyncio.to_thread(self._read_model, model_id)  # NotFound -> 404
+        try:
+            return await self._load(info)
+        except Exception as exc:
+            raise ModelUnavailable(f"model {model_id} could not be loaded: {exc}") from exc
+
+    def _no_model_reason(self) -> str:
+        if self.last_error:
+            return f"the active model could not be loaded: {self.last_error}"
+        return "no model has been trained and registered yet; submit a job and wait for a trial to finish"
+
+    # --- hot reload ------------------------------------------------------------------------
+
+    async def refresh(self) -> int | None:
+        """Switch to the database's active model if it changed; returns the active model id."""
+        info = await asyncio.to_thread(self._read_active)
+        if info is None:
+            # No model registered (or its job was deleted: serving it would answer for a ghost).
+            self._active, self.last_error = None, None
+            return None
+        if self._active is not None and self._active.info.id == info.id:
+            return info.id
+        try:
+            model = await self._load(info)
+        except Exception as exc:  # keep serving the old model
+            self._note_error(f"model {info.id}: {exc}")
+            return self._active.info.id if self._active else None
+        self._active, self.last_error = model, None
+        self.reloads += 1
+        count_reload()
+        self._evict()
+        log.info("now serving model %d (val_accuracy %.4f)", info.id, info.val_accuracy)
+        return info.id
+
+    async def _poll_forever(self) -> None:
+        while True:
+            try:
+                await self.refresh()
+            except Exception as exc:  # e.g. the database is briefly unreachable
+                self._note_error(f"looking for the active model failed: {exc}")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._settings.model_poll_seconds)
+            self._wake.clear()
+
+    def _note_error(self, message: str) -> None:
+        if message != self.last_error:
+            log.error("%s", message)
+        self.last_error = message
+
+    def _read_active(self) -> ModelInfo | None:
+        with self._sessions() as session:
+            return active_model_info(session)
+
+    def _read_model(self, model_id: int) -> ModelInfo:
+        with self._sessions() as session:
+            return ModelInfo.from_row(get_model(session, model_id))
+
+    # --- loading and the LRU ---------------------------------------------------------------
+
+    async def _load(self, info: ModelInfo) -> LoadedModel:
+        """Load once per id even when many requests ask at the same time; cache the result."""
+        if info.id in self._cache:
+            self._cache.move_to_end(info.id)
+            return self._cache[info.id]
+        future = self._loading.get(info.id)
+        if future is None:
+            future = asyncio.ensure_future(self._load_and_cache(info))
+            self._loading[info.id] = future
+            future.add_done_callback(lambda _: self._loading.pop(info.id, None))
+        return await asyncio.shield(future)  # a client leaving must not abort a shared load
+
+    async def _load_and_cache(self, info: ModelInfo) -> LoadedModel:
+        warmup = tuple(sorted({1, self._settings.max_batch_size}))
+        model = await asyncio.to_thread(load_model, info, self._settings.artifacts_dir, self._device, warmup)
+        self._cache[info.id] = model
+        self._evict(protect=info.id)
+        return model
+
+    def _evict(self, protect: int | None = None) -> None:
+        keep = {protect, self._active.info.id if self._active else None}
+        for model_id in list(self._cache):
+            if len(self._cache) <= self._settings.model_cache_size:
+                break
+            if model_id not in keep:
+                del self._cache[model_id]  # in-flight requests still hold their reference
+
+
+def _prediction(probs: np.ndarray, classes: tuple[str, ...]) -> dict[str, Any]:
+    best = int(probs.argmax())
+    return {
+        "label": classes[best],
+        "class_index": best,
+        "confidence": float(probs[best]),
+        "probabilities": {name: float(p) for name, p in zip(classes, probs, strict=True)},
+    }

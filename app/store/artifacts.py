@@ -1,0 +1,97 @@
+"""Where a trial's checkpoints live: one folder per attempt.
+
+    <artifacts>/jobs/<job id>/trials/<trial id>/attempt-<n>/{last.pt,best.pt}
+
+Attempts never share files, so a paused worker that wakes up after its lease was taken over
+(a zombie) can only touch its own attempt's folder, which nothing reads any more: a new
+attempt starts from hard links (or copies) of the newest earlier attempt's best.pt and
+last.pt, and the database refuses the zombie's write-backs. Retention: once an attempt holds
+a last.pt of its own, the folders of older attempts are deleted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+from ml.trial_state import BEST, LAST
+
+ATTEMPT_PREFIX = "attempt-"
+
+
+def job_dir(artifacts_dir: Path, job_id: int) -> Path:
+    return Path(artifacts_dir) / "jobs" / str(job_id)
+
+
+def trial_dir(artifacts_dir: Path, job_id: int, trial_id: int) -> Path:
+    return job_dir(artifacts_dir, job_id) / "trials" / str(trial_id)
+
+
+def attempt_dir(trial_path: Path, attempt: int) -> Path:
+    return trial_path / f"{ATTEMPT_PREFIX}{attempt}"
+
+
+def attempts_on_disk(trial_path: Path) -> dict[int, Path]:
+    """Attempt number -> folder, for every attempt folder under `trial_path`."""
+    if not trial_path.is_dir():
+        return {}
+    found = {}
+    for entry in trial_path.iterdir():
+        number = entry.name.removeprefix(ATTEMPT_PREFIX)
+        if entry.name.startswith(ATTEMPT_PREFIX) and number.isdigit() and entry.is_dir():
+            found[int(number)] = entry
+    return found
+
+
+def start_attempt(trial_path: Path, attempt: int) -> Path:
+    """The folder attempt `attempt` trains in, holding the newest earlier attempt's checkpoints
+    (when there is one) so that the trainer resumes from them."""
+    out_dir = attempt_dir(trial_path, attempt)
+    earlier = [n for n in _complete_attempts(trial_path) if n < attempt]
+    if earlier and not (out_dir / LAST).is_file():
+        source = attempt_dir(trial_path, max(earlier))
+        out_dir.mkdir(parents=True, exist_ok=True)
+        # best.pt first, last.pt second: the trainer writes them in the opposite order, so a zombie
+        # still writing the source can leave best.pt older than last.pt (which resume repairs),
+        # never newer; and a last.pt present says the folder is complete.
+        for name in (BEST, LAST):
+            if (source / name).is_file():
+                _link_or_copy(source / name, out_dir / name)
+    return out_dir
+
+
+def discard_superseded(trial_path: Path) -> list[int]:
+    """Delete the folders of attempts older than the newest one holding a last.pt; nothing will
+    resume from them. Returns the attempt numbers deleted."""
+    complete = _complete_attempts(trial_path)
+    if not complete:
+        return []
+    newest = max(complete)
+    old = {n: path for n, path in attempts_on_disk(trial_path).items() if n < newest}
+    for path in old.values():
+        shutil.rmtree(path, ignore_errors=True)
+    return sorted(old)
+
+
+def _complete_attempts(trial_path: Path) -> list[int]:
+    """Attempts whose folder holds a last.pt, i.e. that a later attempt can resume from."""
+    return [n for n, path in attempts_on_disk(trial_path).items() if (path / LAST).is_file()]
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    """Make `target` hold `source`'s bytes, atomically. A hard link costs nothing and stays
+    intact when the source is later replaced (checkpoints are replaced by rename, never rewritten)."""
+    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        try:
+            os.link(source, tmp)
+        except OSError:  # a filesystem without hard links
+            shutil.copyfile(source, tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise

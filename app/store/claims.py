@@ -1,0 +1,395 @@
+"""The worker's side of the queue: trials claimed atomically, leases renewed, results written
+back under a lease guard. (Submission, cancellation and the job status: `app.store.jobs`.)
+
+Trial transitions made by workers (all others are refused, see `ml.status.TRIAL_TRANSITIONS`):
+    queued  -> running    `claim_trial`: attempts + 1, lease = database clock + lease_seconds
+    running -> running    `claim_trial` again once the lease expired (the worker died or hung)
+    running -> failed     lease expired after max_attempts failed attempts (swept before each claim),
+                          or `fail_trial` on the last attempt
+    running -> queued     `fail_trial` with attempts left: the next claim resumes from last.pt;
+                          or `pause_trial` at an ASHA rung (pauses + 1; not a failure)
+    running -> cancelled  `finish_trial` after the worker saw cancel_requested (at an epoch
+                          boundary, or mid-epoch through `renew_lease`); or `fail_trial`/an
+                          expired lease when a cancel was requested
+    running -> succeeded, pruned   `finish_trial`
+Every write-back is guarded by (trial id, worker id, attempt, status running): a worker whose
+lease was taken over gets `LeaseLost` and writes nothing. Failed attempts are `attempts - pauses`:
+a claim that ended in an ASHA pause does not count against `max_attempts`.
+
+Claim order: higher job priority first, then older jobs, then, within a job, the trials with the
+fewest completed epochs (breadth first, so a paused trial resumes once the others caught up),
+then the trial index.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import (
+    ColumnElement,
+    Engine,
+    String,
+    and_,
+    case,
+    cast,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.orm import Session, aliased
+
+from app.errors import InvalidTransition, LeaseLost
+from app.store.db import db_time
+from app.store.jobs import get_job, refresh_job_status
+from app.store.tables import EpochMetric, Job, RegisteredModel, Trial
+from ml.selection import first_best
+from ml.status import ACTIVE, ENDINGS, TRIAL_TRANSITIONS, JobStatus, TrialStatus
+
+EPOCH_FIELDS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "seconds",
+                "images_per_second")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One attempt at one trial by one worker; every write-back is checked against it."""
+
+    trial_id: int
+    job_id: int
+    index: int
+    attempt: int
+    worker_id: str
+    lease_seconds: float
+    config: dict[str, Any]  # the trial's TrainConfig
+    job_spec: dict[str, Any]  # the job's JobSpec
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a finished trainer reports; `history` rows have the `EPOCH_FIELDS` keys."""
+
+    status: TrialStatus  # one of ml.status.ENDINGS
+    history: Sequence[Mapping[str, Any]]
+    test_accuracy: float | None
+    environment: dict[str, Any] | None
+    model_path: str | None  # best.pt relative to the artifacts directory; needed when succeeded
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "status", TrialStatus(self.status))  # "succeeded" -> the member
+
+
+def check_transition(current: TrialStatus, new: TrialStatus) -> None:
+    if not current.may_become(new):
+        allowed = ", ".join(TRIAL_TRANSITIONS[current]) or "nothing"
+        raise InvalidTransition(f"a {current} trial cannot become {new} (allowed: {allowed})")
+
+
+def claim_trial(session: Session, worker_id: str, lease_seconds: float) -> Claim | None:
+    """Claim the next trial; None when there is none.
+
+    First `settle_expired_leases` ends the trials whose lease ran out for good; then ONE
+    conditional UPDATE ... RETURNING takes the next claimable trial, and the job's status is
+    refreshed in the same transaction. PostgreSQL picks the candidate with FOR UPDATE SKIP
+    LOCKED, so concurrent workers each get a different row without waiting; SQLite serialises
+    claims with BEGIN IMMEDIATE instead (its compiler leaves FOR UPDATE out).
+    """
+    settle_expired_leases(session)
+    now = db_time(session.get_bind())  # type: ignore[arg-type]
+    candidate = aliased(Trial)
+    pick = (
+        select(candidate.id)
+        .join(Job, Job.id == candidate.job_id)
+        .where(_claimable(candidate, Job, now))
+        .order_by(Job.priority.desc(), Job.id.asc(), candidate.epochs_done.asc(), candidate.index.asc())
+        .limit(1)
+        .with_for_update(of=candidate, skip_locked=True)
+    )
+    claimed = (
+        update(Trial)
+        .where(Trial.id == pick.scalar_subquery(), Trial.status.in_(ACTIVE))
+        .values(
+            status=TrialStatus.RUNNING,
+            worker_id=worker_id,
+            attempts=Trial.attempts + 1,
+            lease_expires_at=now + lease_seconds,
+            started_at=func.coalesce(Trial.started_at, func.now()),
+            error=None,
+        )
+        .returning(Trial.id, Trial.job_id, Trial.index, Trial.attempts, Trial.config)
+        .execution_options(synchronize_session=False)
+    )
+    row = session.execute(claimed).one_or_none()
+    if row is None:
+        return None
+    refresh_job_status(session, row.job_id)
+    job = get_job(session, row.job_id)
+    return Claim(row.id, row.job_id, row.index, row.attempts, worker_id, lease_seconds, row.config, job.spec)
+
+
+def _claimable(trial: type[Trial], job: type[Job], now: ColumnElement[float]) -> ColumnElement[bool]:
+    fresh = and_(trial.status == TrialStatus.QUEUED, job.status != JobStatus.CANCELLED)
+    abandoned = and_(
+        trial.status == TrialStatus.RUNNING,
+        trial.lease_expires_at < now,
+        _failures(trial) < trial.max_attempts,
+        trial.cancel_requested.is_(False),  # settle_expired_leases cancels those instead
+    )
+    return or_(fresh, abandoned)
+
+
+def _failures(trial: type[Trial]) -> ColumnElement[int]:
+    return trial.attempts - trial.pauses
+
+
+def settle_expired_leases(session: Session) -> int:
+    """One statement ends running trials whose lease expired and that must not be resumed:
+    failed when attempts are used up, cancelled when a cancel was requested. Returns how many."""
+    now = db_time(session.get_bind())  # type: ignore[arg-type]
+    dead = aliased(Trial)
+    settle = and_(
+        dead.status == TrialStatus.RUNNING,
+        dead.lease_expires_at < now,
+        or_(_failures(dead) >= dead.max_attempts, dead.cancel_requested.is_(True)),
+    )
+    failures = cast(_failures(Trial), String)
+    cancelled = Trial.cancel_requested.is_(True)
+    lease_error = literal("lease expired ") + failures + literal(" times (worker died?)")
+    settled = (
+        update(Trial)
+        .where(Trial.id.in_(select(dead.id).where(settle).with_for_update(of=dead, skip_locked=True)))
+        .values(
+            status=case((cancelled, TrialStatus.CANCELLED.value), else_=TrialStatus.FAILED.value),
+            error=case((cancelled, Trial.error), else_=lease_error),
+            finished_at=func.now(),
+        )
+        .returning(Trial.job_id)
+        .execution_options(synchronize_session=False)
+    )
+    job_ids = list(session.scalars(settled))
+    for job_id in sorted(set(job_ids)):
+        refresh_job_status(session, job_id)
+    return len(job_ids)
+
+
+class Lease(enum.Enum):
+    """What renewing a lease found."""
+
+    HELD = "held"
+    CANCEL_REQUESTED = "cancel requested"  # still ours, but a user cancelled the job: stop now
+    LOST = "lost"  # taken over or gone: stop and write nothing
+
+
+def renew_lease(engine: Engine, claim: Claim) -> Lease:
+    """Renew the lease and read cancel_requested in the same statement."""
+    renew = (
+        update(Trial)
+        .where(_held_by(claim))
+        .values(lease_expires_at=db_time(engine) + claim.lease_seconds)
+        .returning(Trial.cancel_requested)
+    )
+    with engine.begin() as connection:
+        row = connection.execute(renew).one_or_none()
+    if row is None:
+        return Lease.LOST
+    return Lease.CANCEL_REQUESTED if row.cancel_requested else Lease.HELD
+
+
+def record_epochs(session: Session, claim: Claim, history: Sequence[Mapping[str, Any]]) -> bool:
+    """Store the epochs of `history` that the database lacks and the trial's running summary;
+    returns whether a cancel was requested. Used after every epoch and on resume, so an epoch
+    checkpointed but not yet recorded when a worker died is recorded by the next attempt."""
+    lease = db_time(session.get_bind()) + claim.lease_seconds  # type: ignore[arg-type]  # an epoch proves life
+    row = _write_history(session, claim, history, (Trial.cancel_requested,), lease_expires_at=lease)
+    return bool(row.cancel_requested)
+
+
+def _write_history(
+    session: Session,
+    claim: Claim,
+    history: Sequence[Mapping[str, Any]],
+    returning: tuple[Any, ...],
+    **values: Any,
+) -> Any:
+    """One guarded UPDATE of the trial's summary (plus `values`), then the epoch rows it lacks."""
+    best_index = first_best([m["val_accuracy"] for m in history])
+    if best_index is not None:
+        best = history[best_index]  # the rule of the trainer's best.pt
+        values |= {
+            "epochs_done": len(history),  # whatever the trainer's numbering
+            "train_loss": history[-1]["train_loss"],
+            "val_accuracy": best["val_accuracy"],
+            "best_epoch": best["epoch"],
+        }
+    row = _write_back(session, claim, returning, **values)
+    _insert_missing_epochs(session, claim, history)
+    return row
+
+
+def _insert_missing_epochs(session: Session, claim: Claim, history: Sequence[Mapping[str, Any]]) -> None:
+    known = set(session.scalars(select(EpochMetric.epoch).where(EpochMetric.trial_id == claim.trial_id)))
+    rows = [
+        {"trial_id": claim.trial_id, "attempt": claim.attempt, **{k: m[k] for k in EPOCH_FIELDS}}
+        for m in history
+        if m["epoch"] not in known
+    ]
+    if rows:
+        session.execute(insert(EpochMetric), rows)
+
+
+def finish_trial(session: Session, claim: Claim, outcome: Outcome) -> TrialStatus:
+    """End the attempt as succeeded, pruned or cancelled; a succeeded trial's best.pt is registered.
+
+    Idempotent for the same attempt: when the connection dropped after the commit, the retry
+    finds the trial already ended this way by this attempt and changes nothing.
+    """
+    if outcome.status not in ENDINGS:
+        raise InvalidTransition(f"finish_trial ends a trial as {', '.join(ENDINGS)}, not {outcome.status}")
+    if outcome.status is TrialStatus.SUCCEEDED and outcome.model_path is None:
+        raise ValueError(f"trial {claim.trial_id} succeeded without a best checkpoint to register")
+    if _already_ended(session, claim, outcome.status):
+        return outcome.status
+    row = _write_history(
+        session,
+        claim,
+        outcome.history,
+        (Trial.best_epoch, Trial.val_accuracy),
+        status=outcome.status,
+        test_accuracy=outcome.test_accuracy,
+        environment=outcome.environment,
+        finished_at=func.now(),
+    )
+    if outcome.status is TrialStatus.SUCCEEDED:
+        session.add(
+            RegisteredModel(
+                job_id=claim.job_id,
+                trial_id=claim.trial_id,
+                arch=claim.config["arch"],
+                epoch=row.best_epoch,
+                val_accuracy=row.val_accuracy,
+                test_accuracy=outcome.test_accuracy,
+                path=outcome.model_path,
+            )
+        )
+    session.flush()
+    refresh_job_status(session, claim.job_id)
+    return outcome.status
+
+
+def fail_trial(session: Session, claim: Claim, error: str) -> TrialStatus:
+    """The attempt raised: re-queue the trial while attempts are left, else fail it (a requested
+    cancel wins). Returns the new status; the job goes on with its other trials."""
+    current = _lock_held(session, claim, TrialStatus.FAILED)
+    if current.cancel_requested:
+        status, values = TrialStatus.CANCELLED, {"finished_at": func.now()}
+    elif current.failures < current.max_attempts:
+        status, values = TrialStatus.QUEUED, {"worker_id": None, "lease_expires_at": None}
+    else:
+        status, values = TrialStatus.FAILED, {"finished_at": func.now()}
+    _write_back(session, claim, (), status=status, error=error, **values)
+    refresh_job_status(session, claim.job_id)
+    return status
+
+
+def pause_trial(session: Session, claim: Claim, history: Sequence[Mapping[str, Any]]) -> TrialStatus:
+    """ASHA paused the trial at a rung: back to the queue with its curve and last.pt, to be
+    claimed again once the trials with fewer epochs have caught up. A requested cancel wins.
+    Returns the new status."""
+    if _lock_held(session, claim, TrialStatus.QUEUED).cancel_requested:
+        status, values = TrialStatus.CANCELLED, {"finished_at": func.now()}
+    else:
+        values = {"worker_id": None, "lease_expires_at": None, "pauses": Trial.pauses + 1}
+        status = TrialStatus.QUEUED
+    _write_history(session, claim, history, (), status=status, **values)
+    refresh_job_status(session, claim.job_id)
+    return status
+
+
+def _lock_held(session: Session, claim: Claim, new_status: TrialStatus) -> Any:
+    """The held trial's failure count and cancel flag, locked: a cancel_job racing a re-queue must
+    not see (or leave) a queued row. LeaseLost when this attempt no longer holds the trial."""
+    current = session.execute(
+        select(_failures(Trial).label("failures"), Trial.max_attempts, Trial.cancel_requested)
+        .where(_held_by(claim))
+        .with_for_update()
+    ).one_or_none()
+    if current is None:
+        _raise_lost(session, claim, new_status)
+    return current
+
+
+def _already_ended(session: Session, claim: Claim, status: TrialStatus) -> bool:
+    ended_by_us = select(Trial.id).where(_attempt_of(claim), Trial.status == status)
+    return session.scalar(ended_by_us) is not None
+
+
+@dataclass(frozen=True)
+class Sibling:
+    """Another trial of the same job, as early stopping sees it."""
+
+    status: TrialStatus
+    curve: list[float]  # validation accuracy per completed epoch
+
+    def still_to_reach(self, epoch: int) -> bool:
+        return self.status in ACTIVE and len(self.curve) < epoch
+
+
+def siblings(session: Session, claim: Claim) -> list[Sibling]:
+    """The job's other trials with their validation curves, in one query (for early stopping)."""
+    rows = session.execute(
+        select(Trial.id, Trial.status, EpochMetric.val_accuracy)
+        .outerjoin(EpochMetric, EpochMetric.trial_id == Trial.id)
+        .where(Trial.job_id == claim.job_id, Trial.id != claim.trial_id)
+        .order_by(Trial.id, EpochMetric.epoch)
+    )
+    found: dict[int, Sibling] = {}
+    for trial_id, status, val_accuracy in rows:
+        sibling = found.setdefault(trial_id, Sibling(status, []))
+        if val_accuracy is not None:
+            sibling.curve.append(val_accuracy)
+    return list(found.values())
+
+
+def _attempt_of(claim: Claim) -> ColumnElement[bool]:
+    return and_(
+        Trial.id == claim.trial_id, Trial.worker_id == claim.worker_id, Trial.attempts == claim.attempt
+    )
+
+
+def _held_by(claim: Claim) -> ColumnElement[bool]:
+    return and_(_attempt_of(claim), Trial.status == TrialStatus.RUNNING)
+
+
+def _write_back(session: Session, claim: Claim, returning: tuple[Any, ...], **values: Any) -> Any:
+    """The guarded UPDATE every write-back goes through; LeaseLost when the guard matches nothing."""
+    if "status" in values:
+        check_transition(TrialStatus.RUNNING, values["status"])
+    guarded = (
+        update(Trial)
+        .where(_held_by(claim))
+        .values(**values)
+        .returning(Trial.id, *returning)
+        .execution_options(synchronize_session=False)
+    )
+    row = session.execute(guarded).one_or_none()
+    if row is None:
+        _raise_lost(session, claim, values.get("status"))
+    return row
+
+
+def _raise_lost(session: Session, claim: Claim, new_status: TrialStatus | None) -> None:
+    now = session.execute(
+        select(Trial.status, Trial.worker_id, Trial.attempts).where(Trial.id == claim.trial_id)
+    ).one_or_none()
+    if now is None:
+        raise LeaseLost(f"trial {claim.trial_id} no longer exists")
+    if new_status is not None and (now.worker_id, now.attempts) == (claim.worker_id, claim.attempt):
+        check_transition(now.status, new_status)  # our own attempt, already finished: a caller bug
+    raise LeaseLost(
+        f"trial {claim.trial_id}: attempt {claim.attempt} by {claim.worker_id} lost its lease; the trial is "
+        f"{now.status}, attempt {now.attempts} by {now.worker_id}"
+    )

@@ -1,0 +1,98 @@
+"""The one seam between ml/ and app/: the trainer's `TrialHooks`, answered from the database.
+
+After every epoch (and once at resume) the epochs are written back under the lease guard and the
+job's early-stopping rule decides, in the same transaction, whether the trial goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sqlalchemy.orm import Session
+
+from app.errors import LeaseLost
+from app.store.artifacts import discard_superseded
+from app.store.claims import Claim, record_epochs, siblings
+from app.worker.lease import Watch
+from ml import early_stopping
+from ml.config import EarlyStoppingSpec
+from ml.engine import EpochMetrics, TrialHooks
+from ml.job import JobSpec
+from ml.status import Decision
+
+log = logging.getLogger("sweepserve.worker")
+
+T = TypeVar("T")
+Transact = Callable[[Callable[[Session], Any], str], Any]  # run an action in a transaction, with retries
+
+
+def decide(
+    session: Session,
+    claim: Claim,
+    rule: EarlyStoppingSpec,
+    history: Sequence[EpochMetrics],
+    *,
+    may_wait: bool = True,
+) -> Decision:
+    """What the job's early-stopping rule makes of this trial after its latest epoch: go on,
+    PRUNE, or (ASHA) PAUSE while other trials of the job have still to reach this epoch.
+
+    Runs inside the epoch's guarded transaction and reads the job's other trials in one query.
+    A trial that has just trained its last epoch is finished, never pruned. `may_wait` is False
+    when the trial resumes from a pause: it has waited at this rung once already.
+    """
+    max_epochs = int(claim.config["epochs"])
+    if rule.strategy == "none" or len(history) >= max_epochs:
+        return Decision.CONTINUE
+    others = siblings(session, claim)
+    waiting_for = may_wait and any(s.still_to_reach(len(history)) for s in others)
+    mine = [m.val_accuracy for m in history]
+    return early_stopping.decide(rule, mine, [s.curve for s in others], max_epochs, may_wait=waiting_for)
+
+
+class WorkerHooks(TrialHooks):
+    """The trainer's callbacks: every epoch becomes a guarded database write."""
+
+    def __init__(
+        self, transact: Transact, stop: threading.Event, spec: JobSpec, watch: Watch, trial_path: Path
+    ) -> None:
+        self.transact, self.stop = transact, stop
+        self.spec, self.watch, self.trial_path = spec, watch, trial_path
+        self.claim = watch.claim
+
+    def restored(self, history: list[EpochMetrics]) -> Decision:
+        def write(session: Session) -> Decision:
+            if record_epochs(session, self.claim, [m.as_dict() for m in history]):
+                return Decision.CANCEL
+            return decide(session, self.claim, self.spec.early_stopping, history, may_wait=False)
+
+        decision = self._write(write, "restore history")
+        discard_superseded(self.trial_path)  # this attempt holds the trial, and copies of its files
+        log.info("resumed after epoch %d -> %s", len(history), decision.value)
+        return decision
+
+    def epoch_end(self, metrics: EpochMetrics, history: list[EpochMetrics]) -> Decision:
+        def write(session: Session) -> Decision:
+            if record_epochs(session, self.claim, [m.as_dict() for m in history]):
+                return Decision.CANCEL
+            return decide(session, self.claim, self.spec.early_stopping, history)
+
+        decision = self._write(write, f"epoch {metrics.epoch}")
+        # The database just confirmed this attempt holds the trial and has its own last.pt.
+        discard_superseded(self.trial_path)
+        log.info("epoch %d: val accuracy %.4f -> %s", metrics.epoch, metrics.val_accuracy, decision.value)
+        return decision
+
+    def should_stop(self) -> bool:
+        return self.watch.lost.is_set() or self.watch.cancelled.is_set() or self.stop.is_set()
+
+    def _write(self, action: Callable[[Session], T], what: str) -> T:
+        try:
+            return self.transact(action, what)
+        except LeaseLost:
+            self.watch.lost.set()
+            raise

@@ -1,0 +1,297 @@
+"""The worker's loop: claim a trial, train it with `ml.train.run_trial`, write the results back; repeat.
+
+A claim is one attempt, held under a lease that a background thread renews. Write-backs go
+through app.store.claims' guarded statements, so an attempt whose lease was taken over (the worker
+was paused, or the database was unreachable for too long) gets `LeaseLost`, stops training
+and writes nothing more; the attempt that took over resumes from the newest earlier attempt's
+last.pt. Each attempt writes its checkpoints in a folder of its own (see app.store.artifacts), so a
+zombie's files are never read.
+
+At each epoch boundary the job's early-stopping rule (ASHA, median) decides whether the trial
+goes on; a pruned trial keeps its curve and checkpoints and is tested once on its best.pt.
+ASHA may also pause a trial at a rung until the job's other trials reach it (see
+ml.early_stopping): the worker puts it back in the queue and claims the next; the claim that
+resumes it decides again, at once, before training on.
+A cancel is seen at the next epoch boundary, or within POLL_EVERY batches of the next lease
+renewal (every heartbeat_seconds), whichever comes first.
+
+On SIGTERM/SIGINT the worker stops training at once and writes nothing: the lease runs out and
+another worker resumes the trial from its last checkpoint. Database errors (a PostgreSQL
+restart) are retried with exponential backoff; the trial being trained is not given up.
+
+Run with `sweepserve worker [--gpus 0,1] [--max-trials N]`; settings come from SWEEPSERVE_*.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import shutil
+import signal
+import socket
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.errors import LeaseLost
+from app.ops.logs import log_context
+from app.settings import Settings
+from app.store.artifacts import discard_superseded, start_attempt, trial_dir
+from app.store.claims import Claim, Outcome, claim_trial, fail_trial, finish_trial, pause_trial
+from app.store.db import make_engine, session_factory, transaction, upgrade_to_head
+from app.store.tables import Trial
+from app.store.workers import register_worker, unregister_worker
+from app.worker.hooks import WorkerHooks
+from app.worker.lease import LeaseKeeper, Watch
+from app.worker.retry import DB_UNAVAILABLE, describe_error, first_line, retry_db
+from ml.config import TrainConfig
+from ml.data import Dataset, load_dataset, make_splits
+from ml.engine import TrialAborted, TrialResult
+from ml.environment import cuda_devices
+from ml.job import JobSpec
+from ml.status import TrialStatus
+from ml.train import run_trial
+
+log = logging.getLogger("sweepserve.worker")
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class WriteBack:
+    """The statement that ends an attempt, returning the trial's new status."""
+
+    statement: Callable[[Session], TrialStatus]
+    pause: bool = False  # an ASHA pause: the trial goes back to the queue, not a failure
+
+
+def make_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+@functools.lru_cache(maxsize=1)
+def _dataset(name: str, data_dir: Path, download: bool) -> Dataset:
+    # One decoded copy per process: trial after trial reuses it instead of reloading.
+    return load_dataset(name, data_dir, download)
+
+
+class WorkerLoop:
+    """One worker process's loop; `run_worker` is the entry point."""
+
+    def __init__(
+        self, settings: Settings, engine: Engine, gpus: list[int] | None, stop: threading.Event
+    ) -> None:
+        self.settings, self.engine, self.gpus, self.stop = settings, engine, gpus, stop
+        self.factory: sessionmaker[Session] = session_factory(engine)
+        self.id = make_worker_id()
+        self.keeper = LeaseKeeper(engine, self.id, settings.heartbeat_seconds)
+
+    def in_transaction(self, action: Callable[[Session], T], what: str) -> T:
+        def attempt() -> T:
+            with transaction(self.factory) as session:
+                return action(session)
+
+        return retry_db(attempt, what, self.stop)
+
+    def serve(self, max_trials: int | None) -> None:
+        with log_context(worker_id=self.id):
+            gpus = self.gpus
+            self.in_transaction(
+                lambda s: register_worker(s, self.id, socket.gethostname(), os.getpid(), gpus), "register"
+            )
+            self.keeper.start()
+            log.info("worker started (gpus: %s)", "auto" if gpus is None else gpus or "cpu")
+            try:
+                done = self._loop(max_trials)
+            finally:
+                self.keeper.halt()
+                self._unregister()
+            log.info("worker stopped after %d trial(s)", done)
+
+    def _loop(self, max_trials: int | None) -> int:
+        done = 0
+        while not self.stop.is_set() and (max_trials is None or done < max_trials):
+            claim = self.in_transaction(
+                lambda s: claim_trial(s, self.id, self.settings.lease_seconds), "claim"
+            )
+            if claim is None:
+                self.stop.wait(self.settings.poll_seconds)
+                continue
+            with log_context(job_id=claim.job_id, trial_id=claim.trial_id):
+                paused = self.process(claim)
+            done += not paused  # max_trials counts attempts taken to an end, not pauses
+        return done
+
+    def process(self, claim: Claim) -> bool:
+        """Train the claimed trial and write back; returns whether it was paused (ASHA) and is
+        back in the queue."""
+        log.info("claimed trial %d (index %d), attempt %d", claim.trial_id, claim.index, claim.attempt)
+        watch = self.keeper.watch(claim)
+        paused = False
+        try:
+            write_back = self._train(watch)
+            if write_back is not None:
+                status = self.in_transaction(write_back.statement, "write back")
+                paused = write_back.pause and status is TrialStatus.QUEUED  # a cancel may have won
+        except LeaseLost as exc:
+            watch.lost.set()
+            log.warning("writing nothing more: %s", exc)
+        finally:
+            self.keeper.unwatch()
+        if watch.lost.is_set():
+            self._tidy_lost_attempt(claim)
+        return paused
+
+    def _train(self, watch: Watch) -> WriteBack | None:
+        """Train; returns the write-back to make, or None when this attempt must write nothing."""
+        claim = watch.claim
+        try:
+            result = self._run_trial(watch)
+        except (TrialAborted, LeaseLost) as exc:
+            if watch.cancelled.is_set() and not (watch.lost.is_set() or self.stop.is_set()):
+                log.info("trial cancelled mid-epoch: %s", exc)
+                cancelled = Outcome(TrialStatus.CANCELLED, [], None, None, None)  # epochs already recorded
+                return WriteBack(lambda session: finish_trial(session, claim, cancelled))
+            why = "the worker is stopping" if self.stop.is_set() else "the lease was lost"
+            log.warning("trial stopped (%s) without writing back: %s", why, exc)
+            return None
+        except Exception as exc:
+            if self.stop.is_set() or watch.lost.is_set():
+                log.warning("trial interrupted: %s", describe_error(exc))
+                return None
+            error = describe_error(exc)
+            log.exception("attempt %d failed", claim.attempt)
+
+            def record_failure(session: Session) -> TrialStatus:
+                status = fail_trial(session, claim, error)
+                log.info("trial is now %s", status)
+                return status
+
+            return WriteBack(record_failure)
+        if result.status is TrialStatus.QUEUED:
+            log.info("trial paused after epoch %d, to wait for the others", len(result.history))
+            history = [m.as_dict() for m in result.history]
+            return WriteBack(lambda session: pause_trial(session, claim, history), pause=True)
+        log.info("trial %s (test accuracy %s)", result.status, result.test_accuracy)
+        return WriteBack(lambda session: finish_trial(session, claim, self._outcome(result)))
+
+    def _run_trial(self, watch: Watch) -> TrialResult:
+        claim = watch.claim
+        spec = JobSpec.model_validate(claim.job_spec)
+        cfg = TrainConfig.model_validate(claim.config)
+        dataset = _dataset(spec.data.dataset, Path(self.settings.data_dir), self.settings.allow_download)
+        splits = make_splits(dataset, spec.data, seed=cfg.seed)
+        trial_path = trial_dir(self.settings.artifacts_dir, claim.job_id, claim.trial_id)
+        return run_trial(
+            cfg,
+            splits,
+            start_attempt(trial_path, claim.attempt),
+            WorkerHooks(self.in_transaction, self.stop, spec, watch, trial_path),
+            device_ids=self.gpus,
+            metadata={
+                "job_id": claim.job_id,
+                "trial_id": claim.trial_id,
+                "trial_index": claim.index,
+                "attempt": claim.attempt,
+            },
+            allow_download=self.settings.allow_download,
+        )
+
+    def _tidy_lost_attempt(self, claim: Claim) -> None:
+        """A superseded attempt deletes what it may have written after the takeover: its folder
+        once a newer attempt has a last.pt, the whole trial folder once the trial was deleted."""
+        trial_path = trial_dir(self.settings.artifacts_dir, claim.job_id, claim.trial_id)
+        try:
+            exists = self.in_transaction(lambda s: s.get(Trial, claim.trial_id) is not None, "tidy")
+        except DB_UNAVAILABLE:
+            return  # the worker is stopping; the next attempt's retention tidies up
+        if exists:
+            deleted = discard_superseded(trial_path)
+        else:
+            shutil.rmtree(trial_path, ignore_errors=True)
+            deleted = [claim.attempt]
+        log.info("attempt %d superseded; deleted the files of attempt(s) %s", claim.attempt, deleted)
+
+    def _outcome(self, result: TrialResult) -> Outcome:
+        model_path = None
+        if result.best_checkpoint is not None:
+            artifacts = Path(self.settings.artifacts_dir).resolve()
+            model_path = Path(result.best_checkpoint).resolve().relative_to(artifacts).as_posix()
+        return Outcome(
+            status=result.status,
+            history=[m.as_dict() for m in result.history],
+            test_accuracy=result.test_accuracy,
+            environment=result.environment,
+            model_path=model_path,
+        )
+
+    def _unregister(self) -> None:
+        try:
+            with transaction(self.factory) as session:
+                unregister_worker(session, self.id)
+        except DB_UNAVAILABLE as exc:
+            log.warning("could not remove worker row %s: %s", self.id, first_line(exc))
+
+
+def run_worker(
+    settings: Settings,
+    gpus: list[int] | None = None,
+    stop: threading.Event | None = None,
+    max_trials: int | None = None,
+) -> None:
+    """Claim and train trials until `stop` is set, SIGTERM/SIGINT arrives or `max_trials` are done.
+
+    gpus: CUDA device ids for every trial; None = all visible (or the CPU), [] = the CPU.
+    """
+    stop = stop or threading.Event()
+    check_gpus(gpus)
+    if settings.heartbeat_seconds >= settings.lease_seconds:
+        log.warning(
+            "heartbeat_seconds (%s) >= lease_seconds (%s): leases will expire between renewals",
+            settings.heartbeat_seconds,
+            settings.lease_seconds,
+        )
+    with _stop_on_signals(stop):
+        retry_db(lambda: upgrade_to_head(settings.database_url), "migrate", stop)
+        engine = make_engine(settings.database_url)
+        try:
+            WorkerLoop(settings, engine, gpus, stop).serve(max_trials)
+        finally:
+            engine.dispose()
+
+
+def check_gpus(gpus: list[int] | None) -> None:
+    """Refuse to start on GPUs this machine lacks: such a worker would claim trial after trial and
+    fail each one, using up their attempts. ValueError names the ids."""
+    ids = cuda_devices(gpus)  # raises when ids are given but CUDA is not available
+    missing = [i for i in ids if i >= torch.cuda.device_count()]
+    if missing:
+        raise ValueError(
+            f"--gpus {gpus}: no CUDA device {missing} (this machine has {torch.cuda.device_count()})"
+        )
+
+
+@contextmanager
+def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may install handlers; the caller owns `stop`
+        return
+
+    def handle(signum: int, _frame: Any) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

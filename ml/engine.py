@@ -1,0 +1,300 @@
+"""The epoch loop every trial runs: train a `TrainConfig` on device-resident splits, checkpoint
+every epoch, resume exactly.
+
+`train_one_epoch` and `ml.evaluate.evaluate` are the two building blocks (torchvision-reference
+style); `train_process` puts them together for one process, as a member of a `Team`: the
+base `Team` is a single process on the CPU, one GPU or several GPUs with DataParallel;
+`ml.distributed.DistributedTeam` is one rank of a DDP trial. `ml.train.run_trial` picks.
+"""
+
+from __future__ import annotations
+
+import functools
+import gc
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ml import trial_state
+from ml.config import TrainConfig
+from ml.data import MEAN, STD, Splits
+from ml.environment import Runtime, describe, determinism, seed_everything
+from ml.evaluate import evaluate
+from ml.models import unwrap
+from ml.setup import TrialSetup, build_setup
+from ml.status import Decision, TrialStatus, status_after
+
+log = logging.getLogger(__name__)
+
+POLL_EVERY = 10  # batches between should_stop polls and NaN checks (each costs a device sync)
+
+
+@dataclass
+class EpochMetrics:
+    epoch: int  # 1-based
+    train_loss: float  # mean training loss (with label smoothing) over the epoch's batches
+    train_accuracy: float  # on the augmented training batches
+    val_loss: float  # cross-entropy without label smoothing
+    val_accuracy: float
+    lr: float  # of the epoch's last step
+    seconds: float  # wall time of the epoch, training and validation
+    images_per_second: float  # training images per second of training time
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class TrialHooks:
+    """Subclass and override; the defaults do nothing."""
+
+    def restored(self, history: list[EpochMetrics]) -> Decision | None:
+        """At resume, before training: the epochs last.pt already holds. The decision is taken
+        as at an epoch's end (a trial paused at a rung learns here whether it goes on)."""
+        return None
+
+    def epoch_end(self, metrics: EpochMetrics, history: list[EpochMetrics]) -> Decision:
+        """After last.pt (and best.pt if improved) is written. None counts as CONTINUE."""
+        return Decision.CONTINUE
+
+    def should_stop(self) -> bool:
+        """Polled every few batches; True aborts the trial at once with TrialAborted."""
+        return False
+
+
+class TrialAborted(RuntimeError):
+    """`should_stop` returned True; last.pt holds the last finished epoch."""
+
+
+@dataclass
+class TrialResult:
+    status: TrialStatus  # SUCCEEDED, PRUNED, CANCELLED, or QUEUED: paused, to resume later
+    history: list[EpochMetrics]
+    best_epoch: int | None
+    best_val_accuracy: float | None
+    test_accuracy: float | None  # evaluated once, with best.pt's weights; None when cancelled or paused
+    best_checkpoint: Path | None
+    environment: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class EpochTrain:
+    loss: float
+    accuracy: float
+    images: int
+    lr: float
+
+
+Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
+Measure = Callable[[torch.Tensor, torch.Tensor], tuple[float, float]]
+
+
+class Team:
+    """The processes that train one trial together. This base class is a team of one, the usual
+    case; `ml.distributed.DistributedTeam` (parallel="ddp") overrides each step for one process
+    per device."""
+
+    leader = True  # writes the checkpoints
+
+    def resume(self, setup: TrialSetup, out_dir: Path) -> list[dict[str, Any]]:
+        return trial_state.resume(setup, out_dir)
+
+    def shard(self, batches: Batches) -> Batches:
+        """This process's part of each batch of the epoch."""
+        return batches
+
+    def gather(self, done: EpochTrain, setup: TrialSetup) -> EpochTrain:
+        """The training pass's metrics over the whole team, and its weights ready to evaluate."""
+        return done
+
+    def evaluate(self, measure: Measure, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+        """(loss, accuracy) of `measure` over all of x, y, the work shared across the team."""
+        return measure(x, y)
+
+
+def train_process(
+    cfg: TrainConfig,
+    splits: Splits,
+    out_dir: Path,
+    hooks: TrialHooks,
+    runtime: Runtime,
+    metadata: dict[str, Any],
+    allow_download: bool,
+    team: Team,
+) -> TrialResult:
+    """This process's part of a trial on `runtime`, as a member of `team` (see ml.train.run_trial)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        with determinism(cfg.deterministic, runtime.device):
+            seed_everything(cfg.seed)
+            setup = build_setup(cfg, splits, runtime, allow_download)
+            return _train(setup, out_dir, hooks, metadata, team)
+    finally:
+        _release_memory(runtime.device, cfg.compile)
+
+
+def _train(
+    setup: TrialSetup, out_dir: Path, hooks: TrialHooks, metadata: dict[str, Any], team: Team
+) -> TrialResult:
+    cfg = setup.cfg
+    history = [EpochMetrics(**m) for m in team.resume(setup, out_dir)]
+    decision = Decision.CONTINUE
+    if history:
+        log.info("resuming %s after epoch %d", out_dir, len(history))
+        decision = hooks.restored(list(history)) or Decision.CONTINUE
+    compile_seconds = setup.wrap()
+    environment = describe(setup.runtime, cfg, compile_seconds, compiled=setup.compiled)
+    epoch = len(history) + 1
+    while decision is Decision.CONTINUE and epoch <= cfg.epochs:
+        if hooks.should_stop():
+            raise TrialAborted(f"stopped before epoch {epoch}: should_stop() returned True")
+        metrics = _run_epoch(setup, epoch, hooks.should_stop, team)
+        history.append(metrics)
+        if team.leader:
+            trial_state.save(setup, out_dir, history, {"environment": environment, **metadata})
+        decision = hooks.epoch_end(metrics, list(history)) or Decision.CONTINUE
+        epoch += 1
+    return _result(setup, out_dir, status_after(decision), history, environment, team)
+
+
+def _run_epoch(setup: TrialSetup, epoch: int, should_stop: Callable[[], bool], team: Team) -> EpochMetrics:
+    cfg = setup.cfg
+    start = time.perf_counter()
+    batches = setup.epoch_batches()
+    done = train_one_epoch(
+        setup.runner,
+        setup.optimizer,
+        setup.scheduler,
+        team.shard(batches),
+        criterion=setup.criterion,
+        epoch=epoch,
+        runtime=setup.runtime,
+        ema_update=setup.ema.update if setup.ema else None,
+        should_stop=should_stop,
+    )
+    done = team.gather(done, setup)
+    train_seconds = time.perf_counter() - start
+    val_loss, val_accuracy = _evaluate(setup, setup.val_x, setup.val_y, team)
+    seconds = time.perf_counter() - start
+    log.info("epoch %d/%d: val accuracy %.4f, %.1f s", epoch, cfg.epochs, val_accuracy, seconds)
+    return EpochMetrics(
+        epoch, done.loss, done.accuracy, val_loss, val_accuracy, done.lr, seconds, done.images / train_seconds
+    )
+
+
+def train_one_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    *,
+    criterion: nn.Module,
+    epoch: int,
+    runtime: Runtime,
+    ema_update: Callable[[nn.Module], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    poll_every: int = POLL_EVERY,
+) -> EpochTrain:
+    """One pass over `batches` (normalised float images, labels, on the device); scheduler stepped per batch.
+
+    Losses stay on the device and are checked for NaN every `poll_every` batches, so the GPU is not
+    synchronised per batch; the error still names the first bad batch (1-based).
+    """
+    model.train()
+    losses: list[torch.Tensor] = []
+    correct: list[torch.Tensor] = []
+    images, checked, lr = 0, 0, 0.0
+    for batch, (x, y) in enumerate(batches, start=1):
+        with runtime.autocast():
+            logits = model(x)
+        loss = criterion(logits.float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        lr = scheduler.get_last_lr()[0]  # the lr this step used
+        scheduler.step()
+        if ema_update is not None:
+            ema_update(unwrap(model))
+        losses.append(loss.detach())
+        correct.append((logits.detach().argmax(1) == y).sum())
+        images += len(y)
+        if batch % poll_every == 0:
+            checked = _check_finite(losses, checked, epoch)
+            if should_stop is not None and should_stop():
+                raise TrialAborted(f"stopped at epoch {epoch} batch {batch}: should_stop() returned True")
+    _check_finite(losses, checked, epoch)
+    if not losses:
+        raise ValueError("an epoch needs at least one batch")
+    return EpochTrain(
+        torch.stack(losses).mean().item(), torch.stack(correct).sum().item() / images, images, lr
+    )
+
+
+def _check_finite(losses: list[torch.Tensor], start: int, epoch: int) -> int:
+    """Raise FloatingPointError naming the first non-finite loss after `start`; returns the count checked."""
+    if len(losses) > start:
+        recent = torch.stack(losses[start:])
+        bad = ~torch.isfinite(recent)
+        if bad.any():
+            first = int(bad.nonzero()[0, 0])
+            what = "NaN" if torch.isnan(recent[first]) else "infinite"
+            raise FloatingPointError(f"loss became {what} at epoch {epoch} batch {start + first + 1}")
+    return len(losses)
+
+
+def _evaluate(setup: TrialSetup, x: torch.Tensor, y: torch.Tensor, team: Team) -> tuple[float, float]:
+    return team.evaluate(functools.partial(_measure, setup), x, y)
+
+
+def _measure(setup: TrialSetup, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    cfg = setup.cfg
+    return evaluate(
+        setup.eval_runner,
+        x,
+        y,
+        cfg.batch_size,
+        MEAN,
+        STD,
+        cfg.tta,
+        cfg.channels_last,
+        setup.runtime.precision,
+    )
+
+
+def _result(
+    setup: TrialSetup,
+    out_dir: Path,
+    status: TrialStatus,
+    history: list[EpochMetrics],
+    environment: dict[str, Any],
+    team: Team,
+) -> TrialResult:
+    best = trial_state.best_epoch(history)
+    best_path = out_dir / trial_state.BEST if best is not None else None
+    test_accuracy = None
+    if status in (TrialStatus.SUCCEEDED, TrialStatus.PRUNED) and best_path is not None:
+        trial_state.load_best_weights(setup, best_path)
+        test_accuracy = _evaluate(setup, setup.test_x, setup.test_y, team)[1]
+    return TrialResult(
+        status,
+        history,
+        best.epoch if best else None,
+        best.val_accuracy if best else None,
+        test_accuracy,
+        best_path,
+        environment,
+    )
+
+
+def _release_memory(device: torch.device, compiled: bool) -> None:
+    # A worker runs trial after trial in one process: nothing of this one may linger.
+    if compiled:
+        torch._dynamo.reset()  # compiled graphs hold on to the trial's modules
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()

@@ -1,0 +1,45 @@
+"""The one validated spec of a job: the body of POST /jobs becomes a `JobSpec`, stored as is and
+handed to the trainer unchanged. Validating it expands the search space once (`points`), so a
+bad point or too many trials is refused with the rest of the body's errors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Annotated
+
+from pydantic import Field, PrivateAttr, model_validator
+
+from ml.config import DataConfig, EarlyStoppingSpec, SearchSpec, Strict, TrainConfig
+from ml.search import TrialPoint, expand
+
+
+class JobSpec(Strict):
+    """The body of POST /jobs, normalised."""
+
+    # No control characters: PostgreSQL text cannot hold NUL, and a name is shown in logs and UIs.
+    name: Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]*$")] = "sweep"
+    search: SearchSpec = SearchSpec()
+    train: TrainConfig = TrainConfig()
+    data: DataConfig = DataConfig()
+    early_stopping: EarlyStoppingSpec = EarlyStoppingSpec()
+    priority: Annotated[int, Field(ge=-1000, le=1000)] = 0  # higher runs first; ties by age
+    max_attempts: Annotated[int, Field(ge=1, le=20)] = 3  # claims before a trial is failed
+
+    _points: list[TrialPoint] = PrivateAttr(default_factory=list)
+
+    @model_validator(mode="after")
+    def _expand_the_space(self) -> JobSpec:
+        self._points = expand(self.search, self.train)  # ValueError names the bad point or the count
+        return self
+
+    @property
+    def points(self) -> list[TrialPoint]:
+        """The trials of the job, in a stable order: one `TrainConfig` per point of the space."""
+        return self._points
+
+    def digest(self) -> str:
+        """Stable hash of the normalised spec, for Idempotency-Key comparisons."""
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()

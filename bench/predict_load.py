@@ -40,7 +40,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run as a script from anywhere
 
 from app.store.db import make_engine, session_factory, upgrade_to_head  # noqa: E402
-from tests.serving import SERVING_CONFIG, register_model  # noqa: E402
+from tests.served_models import SERVING_CONFIG, register_model  # noqa: E402
 
 DEFAULT_ARCHIVE = REPO.parent / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
 BOUNDARY = "sweepservebench"

@@ -5,7 +5,7 @@
   2. an ImageFolder tree `cifar10/{train,test}/<class>/*` or `{train,test}/<class>/*`
   3. one `*.tar.gz` of that tree (e.g. cifar10-jpeg.tar.gz)
 and, when none is present and `download` is true, has torchvision download form 1.
-Decoded arrays are cached as .npz under `data_dir/.cache` (or the user cache dir when
+Decoded datasets are cached as .npz under `data_dir/.cache` (or the user cache dir when
 `data_dir` is read-only), keyed by the source's path, sizes and mtimes.
 """
 
@@ -25,6 +25,7 @@ import torch
 from ml import sources
 from ml.atomic import atomic_write
 from ml.config import DataConfig
+from ml.sources import Dataset
 
 log = logging.getLogger(__name__)
 
@@ -43,18 +44,6 @@ _CACHE_VERSION = 1
 
 class DataError(RuntimeError):
     """The data set is missing, unreadable or cannot be split as asked."""
-
-
-@dataclass
-class Dataset:
-    """The whole decoded set: uint8 NHWC images, int64 labels."""
-
-    train_x: np.ndarray
-    train_y: np.ndarray
-    test_x: np.ndarray
-    test_y: np.ndarray
-    classes: list[str]
-    source: str = ""  # where it was read from, for logs
 
 
 @dataclass
@@ -90,12 +79,9 @@ def load_dataset(name: str, data_dir: Path, download: bool) -> Dataset:
     if cached is not None:
         return cached
     try:
-        decoded = _decode(kind, path)
+        dataset = _decode(kind, path)
     except sources.SourceError as exc:
         raise DataError(f"{exc} (in {data_dir}; accepted forms: {FORMS_ACCEPTED})") from exc
-    dataset = Dataset(
-        decoded.train_x, decoded.train_y, decoded.test_x, decoded.test_y, decoded.classes, str(path)
-    )
     _write_cache(data_dir, key, dataset)
     return dataset
 
@@ -124,7 +110,7 @@ def _image_archives(data_dir: Path) -> list[Path]:
     return [p for p in found if p.name != sources.TORCHVISION_ARCHIVE]
 
 
-def _decode(kind: str, path: Path) -> sources.Decoded:
+def _decode(kind: str, path: Path) -> Dataset:
     log.info("decoding CIFAR-10 from %s (once; cached afterwards)", path)
     if kind == "batches":
         return sources.read_cifar_batches(path)

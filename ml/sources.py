@@ -32,12 +32,15 @@ class SourceError(RuntimeError):
 
 
 @dataclass
-class Decoded:
+class Dataset:
+    """The whole decoded set: uint8 NHWC images, int64 labels."""
+
     train_x: np.ndarray
     train_y: np.ndarray
     test_x: np.ndarray
     test_y: np.ndarray
     classes: list[str]
+    source: str = ""  # where it was read from, for logs
 
 
 # --- torchvision's pickled batches ---------------------------------------------------------------
@@ -83,7 +86,7 @@ def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(images), np.asarray(entry["labels"], dtype=np.int64)
 
 
-def read_cifar_batches(root: Path) -> Decoded:
+def read_cifar_batches(root: Path) -> Dataset:
     """`root` is the `cifar-10-batches-py` directory."""
     train = [_read_batch(root / name) for name in CIFAR_TRAIN_BATCHES]
     test_x, test_y = _read_batch(root / CIFAR_TEST_BATCH)
@@ -91,9 +94,8 @@ def read_cifar_batches(root: Path) -> Decoded:
     classes = [c.decode() if isinstance(c, bytes) else str(c) for c in meta.get("label_names", [])]
     if not classes:
         raise SourceError(f"{root / 'batches.meta'} has no label_names")
-    return Decoded(
-        np.concatenate([x for x, _ in train]), np.concatenate([y for _, y in train]), test_x, test_y, classes
-    )
+    train_x, train_y = np.concatenate([x for x, _ in train]), np.concatenate([y for _, y in train])
+    return Dataset(train_x, train_y, test_x, test_y, classes, str(root))
 
 
 def cifar_batch_files(root: Path) -> list[Path]:
@@ -135,7 +137,7 @@ def image_folder_files(root: Path) -> list[Path]:
     return [p for split in SPLITS for p in _split_files(root, split)]
 
 
-def read_image_folder(root: Path) -> Decoded:
+def read_image_folder(root: Path) -> Dataset:
     """`root/{train,test}/<class>/<image>`; classes are the sorted train folder names."""
     images = (
         (split, p.parent.name, decode_image(p, str(p))) for split in SPLITS for p in _split_files(root, split)
@@ -143,7 +145,7 @@ def read_image_folder(root: Path) -> Decoded:
     return _assemble(images, root)
 
 
-def read_image_tar(archive: Path) -> Decoded:
+def read_image_tar(archive: Path) -> Dataset:
     """A .tar.gz whose members end in `{train,test}/<class>/<image>` (any leading folders)."""
     return _assemble(_tar_images(archive), archive)
 
@@ -169,7 +171,7 @@ def _tar_images(archive: Path) -> Iterator[tuple[str, str, np.ndarray]]:
         raise SourceError(f"cannot read archive {archive}: {exc}") from exc
 
 
-def _assemble(images: Iterable[tuple[str, str, np.ndarray]], where: Path) -> Decoded:
+def _assemble(images: Iterable[tuple[str, str, np.ndarray]], where: Path) -> Dataset:
     # Sorting by (class, position) makes the arrays independent of the archive's member order.
     by_split: dict[str, list[tuple[str, int, np.ndarray]]] = {s: [] for s in SPLITS}
     for position, (split, cls, pixels) in enumerate(images):
@@ -186,4 +188,4 @@ def _assemble(images: Iterable[tuple[str, str, np.ndarray]], where: Path) -> Dec
         items = sorted(by_split[split], key=lambda item: (index[item[0]], item[1]))
         arrays.append(np.stack([pixels for _, _, pixels in items]))
         arrays.append(np.array([index[cls] for cls, _, _ in items], dtype=np.int64))
-    return Decoded(*arrays, classes=classes)
+    return Dataset(*arrays, classes=classes, source=str(where))

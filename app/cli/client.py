@@ -25,11 +25,11 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn
 from rich.table import Table
 
 from app.settings import Settings
+from ml.status import ACTIVE, JobStatus, TrialStatus
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 WATCH_SECONDS = 2.0
 MAX_TRIAL_BARS = 30  # above this many trials, only the running ones get a bar
-ACTIVE = ("queued", "running")
 TIMEOUT = httpx.Timeout(60.0, connect=5.0)
 
 
@@ -120,7 +120,7 @@ def predict_files(
 
 def eta_seconds(trial: dict[str, Any], epoch_seconds: Sequence[float]) -> float | None:
     """Time left for a running trial: its mean epoch time times the epochs it has left."""
-    if trial["status"] != "running" or not epoch_seconds:
+    if trial["status"] != TrialStatus.RUNNING or not epoch_seconds:
         return None
     return statistics.fmean(epoch_seconds) * max(trial["epochs"] - trial["epoch"], 0)
 
@@ -130,7 +130,7 @@ def job_eta_seconds(job: dict[str, Any], epoch_seconds: Sequence[float]) -> floa
     if not epoch_seconds:
         return None
     left = sum(t["epochs"] - t["epoch"] for t in job["trials"] if t["status"] in ACTIVE)
-    return statistics.fmean(epoch_seconds) * left / max(job["progress"]["running"], 1)
+    return statistics.fmean(epoch_seconds) * left / max(job["progress"][TrialStatus.RUNNING], 1)
 
 
 def format_duration(seconds: float | None) -> str:
@@ -162,7 +162,7 @@ class EpochTimes:
 
     def refresh(self, job: dict[str, Any]) -> None:
         for trial in job["trials"]:
-            if trial["status"] == "running" and trial["epoch"] != self._epoch_seen.get(trial["id"]):
+            if trial["status"] == TrialStatus.RUNNING and trial["epoch"] != self._epoch_seen.get(trial["id"]):
                 history = get_trial(self._client, self._job_id, trial["id"])["history"]
                 self._seconds[trial["id"]] = [row["seconds"] for row in history]
                 self._epoch_seen[trial["id"]] = trial["epoch"]
@@ -201,7 +201,7 @@ class TrialBars:
         finished = sum(n for status, n in job["progress"].items() if status not in ACTIVE)
         best = job["best"]["val_accuracy"] if job["best"] else None
         done = f"{finished}/{len(job['trials'])} trials"
-        eta = format_duration(job_eta_seconds(job, times.all())) if job["status"] in ACTIVE else "-"
+        eta = format_duration(job_eta_seconds(job, times.all())) if JobStatus(job["status"]).active else "-"
         self.progress.update(
             self.job_task, completed=finished, done=done, status=job["status"], val=percent(best), eta=eta
         )
@@ -209,7 +209,7 @@ class TrialBars:
             self._update_trial(trial, times)
 
     def _update_trial(self, trial: dict[str, Any], times: EpochTimes) -> None:
-        shown = self.all_trials or trial["status"] == "running"
+        shown = self.all_trials or trial["status"] == TrialStatus.RUNNING
         task = self.tasks.get(trial["id"])
         if not shown:
             if task is not None:
@@ -247,7 +247,7 @@ def watch_job(
         while True:
             times.refresh(job)
             bars.update(job, times)
-            if job["status"] not in ACTIVE:
+            if not JobStatus(job["status"]).active:
                 return job
             sleep(interval)
             job = get_job(client, job_id)
@@ -407,7 +407,7 @@ def _follow(client: httpx.Client, console: Console, job_id: int, interval: float
     job = watch_job(client, job_id, console, interval)
     console.print(job_table(job))
     console.print(best_line(job))
-    return 0 if job["status"] == "succeeded" else 1
+    return 0 if job["status"] == JobStatus.SUCCEEDED else 1
 
 
 def _print_job(console: Console, job: dict[str, Any], as_json: bool) -> None:

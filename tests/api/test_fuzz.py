@@ -30,7 +30,7 @@ from app.settings import Settings
 from app.store.db import transaction
 from app.store.tables import Job
 from tests.live_server import serve
-from tests.serving import register_model
+from tests.served_models import register_model
 
 EXAMPLES = int(os.environ.get("SWEEPSERVE_FUZZ_EXAMPLES", "20"))  # per operation and mode
 RANDOM = bool(os.environ.get("SWEEPSERVE_FUZZ_RANDOM"))

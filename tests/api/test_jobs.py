@@ -18,7 +18,7 @@ from app.settings import Settings
 from app.store.jobs import refresh_job_status
 from app.store.tables import EpochMetric, Job, RegisteredModel, Trial
 from ml.status import TrialStatus
-from tests.serving import png_files, register_model
+from tests.served_models import png_files, register_model
 
 PROBLEM = "application/problem+json"
 SMALL = {"name": "small", "search": {"space": {"lr": [0.01, 0.1, 0.2]}}, "train": {"epochs": 3}}

@@ -17,7 +17,7 @@ from ml.checkpoint import load_for_inference
 from ml.config import TrainConfig
 from ml.evaluate import predict_logits
 from ml.models import build_model
-from tests.serving import png_files, problem, register_model, synthetic_pixels, wait_until_serving
+from tests.served_models import png_files, problem, register_model, synthetic_pixels, wait_until_serving
 
 sqlite_only = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 

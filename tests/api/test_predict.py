@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.settings import Settings
-from tests.serving import (
+from tests.served_models import (
     as_base64,
     encode,
     png_declaring,

@@ -1,6 +1,6 @@
 """Many workers, on SQLite and PostgreSQL: jobs submitted through the API are served by priority,
 then in submission order; `sweepserve serve --workers 2` trains one sweep with two processes.
-(`worker --gpus 0,1` on a machine without those GPUs: tests/app/test_worker_devices.py.)"""
+(`worker --gpus 0,1` on a machine without those GPUs: tests/worker/test_worker_devices.py.)"""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from app.api.main import create_app
 from app.settings import Settings
 from app.store.tables import Job, Trial
 from app.worker.loop import run_worker
-from tests.app.workers import (
+from tests.workers import (
     SMALLER_DATA,
     TINY_TRAIN,
     start_process,

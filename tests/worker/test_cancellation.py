@@ -19,7 +19,8 @@ from app.settings import Settings
 from app.store.db import transaction
 from app.store.jobs import cancel_job, submit_job
 from app.store.tables import Job, RegisteredModel
-from tests.app.workers import (
+from tests.postgres import ONE_DATABASE
+from tests.workers import (
     SMALLER_DATA,
     TRAIN_TIMEOUT_S,
     epoch_rows,
@@ -39,6 +40,7 @@ def _cuda_bytes() -> int:
     return torch.cuda.memory_allocated() if torch.cuda.is_available() else 0
 
 
+@ONE_DATABASE
 @pytest.mark.slow
 def test_cancel_stops_a_running_trial_mid_epoch_and_releases_its_model(
     factory: sessionmaker[Session],

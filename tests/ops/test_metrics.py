@@ -19,7 +19,7 @@ from app.ops.health import check_local_worker
 from app.settings import Settings
 from app.store.db import db_time, make_engine, session_factory, transaction
 from app.store.tables import Worker
-from tests.serving import png_files, register_model
+from tests.served_models import png_files, register_model
 from tests.sweep_rows import advance, start_trial, write_sweep
 
 sqlite_only = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.api.main import create_app
 from app.settings import Settings
 from tests.live_server import serve
-from tests.serving import png_files, register_model
+from tests.served_models import png_files, register_model
 from tests.sweep_rows import EPOCHS, Sweep, advance, start_trial, write_sweep
 
 CHROMIUM = "/usr/bin/chromium"

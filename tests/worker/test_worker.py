@@ -29,7 +29,8 @@ from app.worker.loop import run_worker
 from app.worker.retry import describe_error, retry_db
 from ml.data import load_dataset, make_splits
 from ml.train import EpochMetrics, TrialHooks, TrialResult, run_trial
-from tests.app.workers import (
+from tests.postgres import ONE_DATABASE
+from tests.workers import (
     TRAIN_TIMEOUT_S,
     epoch_rows,
     finish,
@@ -158,6 +159,7 @@ def test_describe_error_names_type_message_and_place() -> None:
 # --- real training ---------------------------------------------------------------------------------
 
 
+@ONE_DATABASE
 @pytest.mark.slow
 def test_worker_process_trains_a_two_trial_job(
     factory: sessionmaker[Session],
@@ -264,6 +266,7 @@ class _Died(Exception):
     pass
 
 
+@ONE_DATABASE
 @pytest.mark.slow
 def test_an_epoch_checkpointed_but_not_recorded_is_recorded_on_resume(
     factory: sessionmaker[Session],
@@ -301,7 +304,7 @@ def test_cancel_stops_a_running_trial_at_the_next_epoch_boundary(
     one_thread: None,
 ) -> None:
     job_id, [trial_id] = submit_job_of(2)
-    # Renewals far apart, so the epoch's own write sees the cancel first (tests/app/test_cancellation.py
+    # Renewals far apart, so the epoch's own write sees the cancel first (tests/worker/test_cancellation.py
     # has the mid-epoch stop through the lease renewal).
     settings = worker_settings(data_dir=data_dir, lease_seconds=60.0, heartbeat_seconds=30.0)
     thread, errors = worker_thread(settings)

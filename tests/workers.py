@@ -21,7 +21,7 @@ from app.store.tables import EpochMetric, Trial, Worker
 from app.worker.loop import run_worker
 from ml.job import JobSpec
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 # The ML engine's fast test recipe (tests/ml/conftest.py): separates the synthetic classes in 2 epochs.
 TINY_TRAIN: dict[str, Any] = {
     "arch": "resnet18_imagenet",

@@ -24,7 +24,7 @@ from app.worker.loop import run_worker
 from ml.config import EarlyStoppingSpec
 from ml.job import JobSpec
 from ml.train import Decision, EpochMetrics
-from tests.app.workers import SMALLER_DATA, TINY_TRAIN
+from tests.workers import SMALLER_DATA, TINY_TRAIN
 
 
 def _metrics(curve: list[float]) -> list[EpochMetrics]:

@@ -29,7 +29,8 @@ from app.store.jobs import submit_job
 from app.store.tables import EpochMetric, Job, RegisteredModel, Trial
 from app.worker.loop import run_worker
 from ml.job import JobSpec
-from tests.app.workers import SMALLER_DATA, TINY_TRAIN, TRAIN_TIMEOUT_S, tiny_spec, wait_for, worker_thread
+from tests.postgres import ONE_DATABASE
+from tests.workers import SMALLER_DATA, TINY_TRAIN, TRAIN_TIMEOUT_S, tiny_spec, wait_for, worker_thread
 
 DEVICE_BATCH_LIMIT = 32  # the injected out-of-memory: a "device" that holds at most this many images
 
@@ -105,6 +106,7 @@ def device_memory_limit(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(ml.engine, "train_one_epoch", limited)
 
 
+@ONE_DATABASE
 @pytest.mark.slow
 def test_raising_trials_fail_after_max_attempts_with_their_error_while_the_others_go_on(
     factory: sessionmaker[Session],
@@ -183,6 +185,7 @@ def _full_disk(folder: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
             subprocess.run(["umount", str(folder)], check=True)
 
 
+@ONE_DATABASE
 @pytest.mark.slow
 def test_a_full_artifacts_disk_fails_the_trial_clearly_and_keeps_the_database_consistent(
     factory: sessionmaker[Session],

@@ -26,7 +26,8 @@ from app.settings import Settings
 from app.store.db import make_engine, session_factory, transaction, upgrade_to_head
 from app.store.jobs import submit_job
 from app.store.tables import Job
-from tests.app.workers import (
+from tests.postgres import ONE_DATABASE
+from tests.workers import (
     SMALLER_DATA,
     TRAIN_TIMEOUT_S,
     epoch_rows,
@@ -66,6 +67,7 @@ def _job_finished(factory: sessionmaker[Session], job_id: int) -> bool:
         return job is not None and job.finished_at is not None
 
 
+@ONE_DATABASE
 @pytest.mark.slow
 def test_killing_and_restarting_the_api_mid_sweep_loses_nothing(
     factory: sessionmaker[Session], worker_settings: Callable[..., Settings], data_dir: Path, tmp_path: Path

@@ -1,4 +1,4 @@
-"""Database fixtures for tests of app/: every database test runs on SQLite and on PostgreSQL.
+"""Database fixtures shared by every test folder: each database test runs on SQLite and on PostgreSQL.
 
 SQLite gets a fresh file per test. PostgreSQL gets a database of its own per test session
 (tests/postgres.py), migrated once and emptied before each test.
@@ -19,9 +19,7 @@ from app.store.db import db_time, make_engine, session_factory, transaction, upg
 from app.store.jobs import submit_job
 from app.store.tables import Base, Trial
 from ml.job import JobSpec
-from tests.postgres import fresh_postgres_database
-
-BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+from tests.postgres import BACKENDS, fresh_postgres_database
 
 
 @pytest.fixture(scope="session")

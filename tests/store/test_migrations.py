@@ -1,14 +1,16 @@
-"""Alembic migrations: the migrated schema is exactly app/models.py, on SQLite and PostgreSQL."""
+"""Alembic migrations: the migrated schema is exactly app/store/tables.py, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
 import multiprocessing
 import time
 
+import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine, inspect, text
+from sqlalchemy.exc import IntegrityError
 
 from app.store.db import (
     ALEMBIC_VERSION_TABLE,
@@ -19,9 +21,12 @@ from app.store.db import (
     make_engine,
     migration_options,
     schema_revision,
+    session_factory,
     upgrade_to_head,
 )
+from app.store.jobs import submit_job
 from app.store.tables import Base
+from ml.job import JobSpec
 
 
 def _schema_diff(engine: Engine) -> list[object]:
@@ -90,4 +95,23 @@ def test_concurrent_upgrades_wait_for_each_other(empty_db_url: str) -> None:
         for proc in procs:
             if proc.is_alive():
                 proc.kill()
+        engine.dispose()
+
+
+@pytest.mark.parametrize(("table", "status"), [("jobs", "paused"), ("trials", "done"), ("trials", "QUEUED")])
+def test_the_database_refuses_a_status_outside_the_enums(db_url: str, table: str, status: str) -> None:
+    spec = JobSpec.model_validate({"search": {"space": {"seed": [0]}}, "train": {"epochs": 1}})
+    engine = make_engine(db_url)
+    try:
+        with session_factory(engine)() as session, session.begin():
+            job, _ = submit_job(session, spec)
+            row_id = job.id if table == "jobs" else job.trials[0].id
+        with pytest.raises(IntegrityError), engine.begin() as conn:
+            conn.execute(
+                text(f"UPDATE {table} SET status = :status WHERE id = :id"), {"status": status, "id": row_id}
+            )
+        with engine.connect() as conn:
+            stored = conn.execute(text(f"SELECT status FROM {table} WHERE id = :id"), {"id": row_id}).scalar()
+        assert stored == "queued"
+    finally:
         engine.dispose()

@@ -19,7 +19,7 @@ from app.serving.predictor import Predictor
 from app.settings import Settings
 from app.store.db import transaction
 from app.store.registry import promote_model
-from tests.serving import encode, png_files, register_model, synthetic_pixels
+from tests.served_models import encode, png_files, register_model, synthetic_pixels
 
 # Inference behaviour does not depend on the database: those tests run on SQLite only, while the
 # tests of model selection (reload, promotion, pinning, missing models) run on both backends.

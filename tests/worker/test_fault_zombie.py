@@ -22,7 +22,7 @@ from app.store.artifacts import trial_dir
 from app.store.db import is_sqlite, transaction
 from app.store.jobs import submit_job
 from app.store.tables import RegisteredModel
-from tests.app.workers import (
+from tests.workers import (
     SMALLER_DATA,
     TRAIN_TIMEOUT_S,
     epoch_rows,

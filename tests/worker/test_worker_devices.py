@@ -29,6 +29,7 @@ from ml.checkpoint import load_checkpoint
 from ml.config import TrainConfig
 from ml.environment import select_runtime
 from ml.job import JobSpec
+from tests.postgres import ONE_DATABASE
 from tests.synthetic import write_image_folder
 
 REPO = Path(__file__).resolve().parents[2]
@@ -96,6 +97,7 @@ def _trials(factory: sessionmaker[Session], ids: list[int]) -> list[Trial]:
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("one_thread")
+@ONE_DATABASE
 def test_gpus_empty_trains_every_trial_on_the_cpu_in_one_process_or_two_ddp_ranks(
     factory: sessionmaker[Session],
     worker_settings: Any,
@@ -132,6 +134,7 @@ def test_gpus_empty_trains_every_trial_on_the_cpu_in_one_process_or_two_ddp_rank
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="with CUDA these ids would train (bench/gpu.sh)")
+@ONE_DATABASE
 def test_gpu_ids_on_the_command_line_reach_the_worker(
     factory: sessionmaker[Session], worker_settings: Any, data_dir: Path, tmp_path: Path
 ) -> None:

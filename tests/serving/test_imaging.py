@@ -10,7 +10,7 @@ from PIL import Image
 
 from app.errors import ImageRejected
 from app.serving.imaging import MAX_PIXELS, DecodeOptions, decode_all, decode_base64, decode_image
-from tests.serving import encode, png_declaring
+from tests.served_models import encode, png_declaring
 
 STRICT = DecodeOptions()
 RESIZE = DecodeOptions(resize=True)

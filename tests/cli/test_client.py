@@ -25,7 +25,7 @@ from app.store.db import db_time, transaction
 from app.store.tables import Worker
 from tests.live_server import serve
 from tests.log_state import preserved_logging
-from tests.serving import png_files, register_model
+from tests.served_models import png_files, register_model
 from tests.sweep_rows import advance, start_trial, write_sweep
 
 KEY = "k3y"

@@ -9,7 +9,7 @@ the same CIFAR-10 (the shared JPEG archive, extracted once into a cache folder):
   ToTensor, Normalize(0.5, 0.5); DataLoader batch 32 (per GPU), shuffled, num_workers 2 on the
   CPU or 4 per GPU; SGD lr 0.01, momentum 0.9, weight decay 1e-6; per-batch .to(device) and
   loss.item(); nn.DataParallel over several GPUs.
-- ours: `ml.train.train_one_epoch` on batches from `ml.augment.train_batches`, as `run_trial`
+- ours: `ml.engine.train_one_epoch` on batches from `ml.augment.train_batches`, as `run_trial`
   trains: uint8 splits resident on the device, batch augmentation there, channels_last,
   `precision: auto`. Twice: with the default recipe's settings (batch 512, EMA, cutout, label
   smoothing, Nesterov) and with the report's hyper-parameters (batch 32, no EMA), which isolates

@@ -1,1 +1,1 @@
-"""Alembic migrations, configured from code by `app.db.alembic_config` (no alembic.ini)."""
+"""Alembic migrations, configured from code by `app.store.db.alembic_config` (no alembic.ini)."""

@@ -1,4 +1,4 @@
-"""Alembic environment. Run through `app.db.upgrade_to_head`, which passes in a connection
+"""Alembic environment. Run through `app.store.db.upgrade_to_head`, which passes in a connection
 that already holds the migration lock; without one (offline `--sql`, or a bare `command.*`)
 it connects from the config's URL itself."""
 

@@ -63,7 +63,7 @@ async def predict(
 
 async def read_images(request: Request, settings: Settings) -> list[bytes]:
     """The image files of a request, within the body, part and image-count limits."""
-    body = await request.body()  # app.limits caps its size for every route
+    body = await request.body()  # app.api.limits caps its size for every route
     if not body:
         raise Problem(422, "Empty body", 'send images as multipart `file` parts or JSON {"images": [...]}')
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()

@@ -50,10 +50,6 @@ def log_context(**fields: Any) -> Iterator[None]:
         _log_fields.reset(token)
 
 
-def current_log_fields() -> Mapping[str, Any]:
-    return _log_fields.get()
-
-
 class ContextFilter(logging.Filter):
     """Copies the context fields onto each record, so formatters (and handlers of others) can use them."""
 

@@ -81,19 +81,19 @@ if [[ $dry_run -eq 1 ]]; then
   throughput=(--limit 64 --windows 1 --window-seconds 0.5 --warmup-seconds 0.2 --stem-batch 4)
 else
   mode=gpu
-  recipes="${recipes:-compiled,airbench_aug,batch1024,cudagraphs,epochs60,label_smoothing,cutout12_translate,alternate_flip,max_autotune}"
+  recipes="${recipes:-airbench_aug,compiled,batch1024,cudagraphs,epochs60,label_smoothing,cutout12_translate,alternate_flip,max_autotune}"
   device=(--device cuda)
   checks=(--check-seconds 100)
   default_epochs=()
   variant_epochs=()
   compile_backend=()
-  throughput=(--windows 3 --window-seconds 3 --warmup-seconds 3)
+  throughput=(--windows 3 --window-seconds 2 --warmup-seconds 2)
 fi
 printf '{"mode": "%s", "date": "%s", "budget_seconds": %d, "recipes": "%s", "data": "%s", "python": "%s"}\n' \
   "$mode" "$(date -u '+%Y-%m-%d %H:%M UTC')" "$budget" "$recipes" "$data" "$python" >"$work/run.json"
 
 started=$SECONDS
-reserve=130 # seconds kept for the throughput step and the summary, until their turn
+reserve=100 # seconds kept for the throughput step and the summary, until their turn
 
 summarize() { "$python" bench/gpu_summary.py "$work" "$out" "$@" || echo "(no summary: exit status $?)"; }
 finish() {
@@ -163,5 +163,5 @@ for name in ${recipes//,/ }; do
 done
 
 reserve=10
-step throughput "$(room 150)" "$python" bench/train_throughput.py "${device[@]}" "${throughput[@]}" \
+step throughput "$(room 120)" "$python" bench/train_throughput.py "${device[@]}" "${throughput[@]}" \
   --data "$data" --cache-dir "$cache" --json "$work/throughput.json"

@@ -89,11 +89,13 @@ RECIPES: dict[str, Recipe] = {
         {"compile": True, "compile_mode": "max-autotune-no-cudagraphs", "fused": True},
     ),
 }
-# Compilation's own time, by mode, for the estimate (guesses for ResNet-18 on one H100/H200: a
-# recipe whose compilation runs longer is killed by gpu.sh's timeout, not waited for).
+# Compilation's time, by mode, for the estimate: the trained and the EMA network, and the
+# evaluation's recompilation for the last, smaller batch of each set. Guesses for ResNet-18 on one
+# H100/H200, until a GPU run measures them; a recipe whose compilation runs longer is killed by
+# gpu.sh's timeout, not waited for.
 COMPILE_ALLOWANCE = {
-    "default": 90.0,
-    "reduce-overhead": 120.0,
+    "default": 120.0,
+    "reduce-overhead": 150.0,
     "max-autotune-no-cudagraphs": 300.0,
     "max-autotune": 420.0,
 }

@@ -241,8 +241,8 @@ def main(argv: list[str] | None = None) -> None:
     tiny = commands.add_parser("tiny-archive", help="a few images per class of an archive")
     tiny.add_argument("source", type=Path)
     tiny.add_argument("target", type=Path)
-    tiny.add_argument("--train-per-class", type=int, default=12)
-    tiny.add_argument("--test-per-class", type=int, default=3)
+    tiny.add_argument("--train-per-class", type=int, default=4)
+    tiny.add_argument("--test-per-class", type=int, default=2)
     args = parser.parse_args(argv)
 
     if args.command == "tiny-archive":

@@ -33,6 +33,7 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -160,22 +161,31 @@ class TestCurve:
 
 
 class Progress(TrialHooks):
-    """Prints every epoch as it ends; records the test curve when asked."""
+    """Prints every epoch as it ends and hands the curve so far to `save` (so a recipe cut short
+    still leaves its curve); records the test curve when asked."""
 
-    def __init__(self, out_dir: Path, epochs: int, test_curve: TestCurve | None) -> None:
-        self.out_dir, self.epochs, self.test_curve = out_dir, epochs, test_curve
-        self.test_accuracies: dict[int, float] = {}
+    def __init__(
+        self,
+        out_dir: Path,
+        epochs: int,
+        test_curve: TestCurve | None,
+        save: Callable[[list[dict[str, Any]]], None],
+    ) -> None:
+        self.out_dir, self.epochs, self.test_curve, self.save = out_dir, epochs, test_curve, save
+        self.curve: list[dict[str, Any]] = []
 
     def epoch_end(self, metrics: EpochMetrics, history: list[EpochMetrics]) -> Decision:
         line = (
             f"  epoch {metrics.epoch}/{self.epochs}: loss {metrics.train_loss:.3f}, "
             f"val {metrics.val_accuracy:.4f}"
         )
+        test_accuracy = None
         if self.test_curve is not None:
-            accuracy = self.test_curve.accuracy(self.out_dir / "last.pt")
-            self.test_accuracies[metrics.epoch] = accuracy
-            line += f", test {accuracy:.4f}"
+            test_accuracy = self.test_curve.accuracy(self.out_dir / "last.pt")
+            line += f", test {test_accuracy:.4f}"
         print(f"{line}; {metrics.seconds:.2f} s, {metrics.images_per_second:.0f} img/s", flush=True)
+        self.curve.append({**metrics.as_dict(), "test_accuracy": test_accuracy})
+        self.save(self.curve)
         return Decision.CONTINUE
 
 
@@ -188,14 +198,21 @@ def load_splits(args: argparse.Namespace, seed: int) -> Splits:
     return make_splits(dataset, DataConfig(val_size=val_size), seed=seed)
 
 
-def run_recipe(name: str, cfg: TrainConfig, splits: Splits, device: torch.device, test_curve: bool) -> dict:
+def run_recipe(
+    name: str,
+    cfg: TrainConfig,
+    splits: Splits,
+    device: torch.device,
+    test_curve: bool,
+    save: Callable[[list[dict[str, Any]]], None],
+) -> dict[str, Any]:
     device_ids = [device.index or 0] if device.type == "cuda" else []
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     with tempfile.TemporaryDirectory(prefix=f"recipe-{name}-") as tmp:  # $TMPDIR: /dev/shm in gpu.sh
         out_dir = Path(tmp)
         curve = TestCurve(cfg, splits, device) if test_curve else None
-        hooks = Progress(out_dir, cfg.epochs, curve)
+        hooks = Progress(out_dir, cfg.epochs, curve, save)
         start = time.perf_counter()
         result = run_trial(cfg, splits, out_dir, hooks, device_ids=device_ids, allow_download=False)
         wall = time.perf_counter() - start - (curve.seconds if curve else 0.0)
@@ -214,7 +231,7 @@ def run_recipe(name: str, cfg: TrainConfig, splits: Splits, device: torch.device
         "best_epoch": result.best_epoch,
         "best_val_accuracy": result.best_val_accuracy,
         "test_accuracy": result.test_accuracy,
-        "curve": [{**m.as_dict(), "test_accuracy": hooks.test_accuracies.get(m.epoch)} for m in history],
+        "curve": hooks.curve,
         "tta": ttas,
         "tta_chosen": {"tta": chosen["tta"], "test_accuracy": chosen["test_accuracy"]},
         "environment": result.environment,
@@ -301,8 +318,13 @@ def main(argv: list[str] | None = None) -> None:
         use_compile_backend(args.compile_backend)
     try:
         splits = load_splits(args, cfg.seed)
+
+        def save_unfinished(curve: list[dict[str, Any]]) -> None:
+            unfinished = f"unfinished: {len(curve)} of {cfg.epochs} epochs"
+            _write(args.json, {**result, "curve": curve, "error": unfinished})
+
         with determinism(False, device):  # cudnn autotuning on, as in a trial
-            result.update(run_recipe(args.recipe, cfg, splits, device, args.test_curve))
+            result.update(run_recipe(args.recipe, cfg, splits, device, args.test_curve, save_unfinished))
     except Exception as exc:
         traceback.print_exc()
         _write(args.json, {**result, "error": f"{type(exc).__name__}: {exc}"})
@@ -332,8 +354,10 @@ def _skip_reason(cfg: TrainConfig, args: argparse.Namespace) -> str | None:
 
 
 def _write(path: Path | None, result: dict[str, Any]) -> None:
-    if path is not None:
-        path.write_text(json.dumps(result, indent=2))
+    if path is not None:  # whole or not at all: gpu.sh's timeout may kill this process any time
+        temporary = path.with_suffix(".tmp")
+        temporary.write_text(json.dumps(result, indent=2))
+        temporary.replace(path)
 
 
 if __name__ == "__main__":

@@ -185,14 +185,17 @@ def _time_limit(seconds: int) -> Iterator[None]:
 
 
 def _write(json_path: Path | None, device: torch.device, rows: list[dict[str, Any]]) -> None:
-    if json_path is None:
-        return
-    names = (
+    if json_path is not None:
+        checks = {"device": device.type, "gpus": gpu_names(device), "checks": rows}
+        json_path.write_text(json.dumps(checks, indent=2))
+
+
+def gpu_names(device: torch.device) -> list[str]:
+    return (
         [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
         if device.type == "cuda"
         else []
     )
-    json_path.write_text(json.dumps({"device": device.type, "gpus": names, "checks": rows}, indent=2))
 
 
 def _sync(device: torch.device) -> None:
@@ -209,7 +212,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     cuda = torch.cuda.is_available() if args.device == "auto" else args.device == "cuda"
     device = torch.device("cuda", 0) if cuda else torch.device("cpu")
-    names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if cuda else []
+    names = gpu_names(device)
     print(f"torch {torch.__version__}, CUDA {torch.version.cuda}, devices: {names or 'CPU only'}", flush=True)
     rows = run_checks(device, args.epoch_images, args.check_seconds, args.json)
     sys.exit(1 if any(r["status"] == "FAILED" for r in rows) else 0)

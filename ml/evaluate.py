@@ -4,7 +4,7 @@ The predictor calls `predict_logits` too, so served predictions are computed exa
 validation and test accuracy were.
 
 Test-time augmentation (TTA): `tta` averages the logits of each image and its mirror;
-`translate` = n > 0 also evaluates copies shifted by n px down-right and up-left (the uncovered
+`translate_px` = n > 0 also evaluates copies shifted by n px down-right and up-left (the uncovered
 border reflected, as `crop_fill: reflect` trains), each with its mirror when `tta`, and averages
 the shifted copies' logits with half the weight of the unshifted ones (the fast published
 CIFAR-10 runs' "mirror + translate" TTA).

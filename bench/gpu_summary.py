@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +29,22 @@ def collect(work: Path) -> dict[str, Any]:
         for name in recipes
     ]
     summary["best"] = best_recipes(summary["recipes"])
+    summary["headline"] = headline(summary)
     return summary
+
+
+def headline(summary: dict[str, Any]) -> dict[str, Any]:
+    """The few numbers a run is for, printed last as one JSON line."""
+    keys = ("epochs_run", "wall_seconds", "best_val_accuracy", "test_accuracy", "images_per_second")
+    recipes = {r["recipe"]: r for r in summary["recipes"] if r and "best_val_accuracy" in r}
+    best = summary["best"].get("by_validation")
+    throughput = (summary.get("throughput") or {}).get("reference") or {}
+    return {
+        "steps_not_ok": [s["step"] for s in summary["steps"] if s["status"] != "ok"],
+        "default": {k: recipes["default"][k] for k in keys} if "default" in recipes else None,
+        "best_by_validation": {"recipe": best, **{k: recipes[best][k] for k in keys}} if best else None,
+        "throughput_over_reference": throughput.get("ratio"),
+    }
 
 
 def _read(path: Path) -> Any:
@@ -152,7 +166,8 @@ def main(argv: list[str] | None = None) -> None:
     temporary.replace(target)  # a reader (or a kill) never sees half a file
     if args.print:
         print_tables(summary)
-        print(f"\nall of it: {target}", file=sys.stderr)
+        print(f"\nall of it: {target}; the headline:")
+        print(json.dumps(summary["headline"]))
 
 
 if __name__ == "__main__":

@@ -93,6 +93,8 @@ def test_gpu_sh_dry_run_runs_every_step_on_the_cpu(tmp_path: Path) -> None:
     assert summary["best"]["by_validation"] in {"default", "compiled", "airbench_aug"}
     # The tables come last in the output, and the log and summary are all that is left behind.
     assert "default recipe, epoch: val / test accuracy" in done.stdout
+    headline = json.loads(done.stdout.split("the headline:\n")[1].splitlines()[0])
+    assert headline == summary["headline"] and headline["steps_not_ok"] == []
     assert sorted(p.name for p in out.iterdir()) == ["gpu.log", "summary.json"]
     scratch = re.search(r"scratch (\S+)", done.stdout)
     assert scratch is not None and not Path(scratch.group(1)).exists()
@@ -209,3 +211,5 @@ def test_the_summary_of_a_run_cut_short_keeps_what_it_measured(
         "| default | 1 | 80.0 | 60.00 | 30000 | - | 0.5000 (1) | 0.4900 | mirror: 0.5000 | 3000 |" in printed
     )
     assert "1: 0.5000 / 0.4900" in printed
+    last = json.loads(printed.strip().splitlines()[-1])  # the headline, one JSON line
+    assert last["steps_not_ok"] == ["recipe:compiled"] and last["default"]["test_accuracy"] == 0.49

@@ -1,25 +1,29 @@
 """Smoke checks of the engine's device paths, run by bench/gpu.sh before its benchmarks.
 
-    python bench/gpu_checks.py [--device cpu|cuda] [--json FILE]
+    python bench/gpu_checks.py [--device cpu|cuda] [--json FILE] [--check-seconds 120]
 
-On CUDA: batch augmentation on the device (seeded, with the right distributions), bf16 autocast
-picked by `precision: auto`, channels_last weights and batches, and one-epoch trials with
-DataParallel (when there are several GPUs) and with DDP over every GPU (NCCL). On the CPU the same
-checks run where they apply (fp32, DDP with two gloo ranks), so the script itself is tested
-without a GPU. Random uint8 data: these check the machinery, not learning. Exit status 1 if any
-check fails.
+On CUDA: batch augmentation on the device (seeded, with the right distributions, and the recipe
+options: reflected translate, alternating flip), bf16 autocast picked by `precision: auto`,
+channels_last weights and batches, and one-epoch trials with DataParallel (when there are several
+GPUs) and with DDP over every GPU (NCCL). On the CPU the same checks run where they apply (fp32,
+DDP with two gloo ranks), so the script itself is tested without a GPU. Random uint8 data: these
+check the machinery, not learning. Each check gets --check-seconds (0: no limit), so a hung
+collective fails its check instead of the run; the JSON is rewritten after every check, so what
+finished is kept even if the whole script is killed. Exit status 1 if any check fails.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
+import signal
 import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +84,11 @@ def check_augmentation(device: torch.device, epoch_images: int) -> str:
     seconds = time.perf_counter() - start
     again = augment_batch(x, cfg, MEAN, STD, torch.Generator(device=device).manual_seed(1))
     assert out.device == x.device and out.dtype == torch.float32 and torch.equal(out, again), "seeded"
+    options = AugmentConfig(cutout=12, crop_fill="reflect", flip_mode="alternate")
+    labels = torch.arange(len(x), device=device)
+    generator = torch.Generator(device=device).manual_seed(2)
+    epochs = [list(train_batches(x, labels, 512, options, MEAN, STD, generator, epoch=e)) for e in (1, 2)]
+    assert all(b[0].device == x.device for batches in epochs for b in batches), "recipe options on the device"
     return f"crop/flip/cutout of {epoch_images} images on {device.type}: {1000 * seconds:.0f} ms"
 
 
@@ -123,18 +132,25 @@ def check_trial(parallel: str, device: torch.device) -> str:
     return f"{env['parallel']} on {env['device']}, devices {env['device_ids']}, {processes} process(es)"
 
 
-def run_checks(device: torch.device, epoch_images: int) -> list[dict[str, Any]]:
+class CheckTimedOut(Exception):
+    """The check ran past --check-seconds."""
+
+
+def run_checks(
+    device: torch.device, epoch_images: int, seconds: int = 0, json_path: Path | None = None
+) -> list[dict[str, Any]]:
     checks: dict[str, Callable[[], str]] = {
         "augmentation on the device": lambda: check_augmentation(device, epoch_images),
         "bf16 + channels_last training step": lambda: check_training_step(device),
         "DataParallel trial": lambda: check_trial("dataparallel", device),
         "DDP trial": lambda: check_trial("ddp", device),
     }
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name, check in checks.items():
         start = time.perf_counter()
         try:
-            status, detail = "ok", check()
+            with _time_limit(seconds):
+                status, detail = "ok", check()
         except Skipped as exc:
             status, detail = "skipped", str(exc)
         except Exception as exc:
@@ -144,7 +160,42 @@ def run_checks(device: torch.device, epoch_images: int) -> list[dict[str, Any]]:
             {"check": name, "status": status, "detail": detail, "seconds": time.perf_counter() - start}
         )
         print(f"  {status:8} {name}: {detail} ({rows[-1]['seconds']:.1f} s)", flush=True)
+        _write(json_path, device, rows)
     return rows
+
+
+@contextlib.contextmanager
+def _time_limit(seconds: int) -> Iterator[None]:
+    """Raise CheckTimedOut in the block after `seconds` (0: never). A DDP trial's supervisor then
+    kills its ranks on the way out, however they hang."""
+    if seconds <= 0:
+        yield
+        return
+
+    def expire(signum: int, frame: Any) -> None:
+        raise CheckTimedOut(f"no result within {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _write(json_path: Path | None, device: torch.device, rows: list[dict[str, Any]]) -> None:
+    if json_path is not None:
+        checks = {"device": device.type, "gpus": gpu_names(device), "checks": rows}
+        json_path.write_text(json.dumps(checks, indent=2))
+
+
+def gpu_names(device: torch.device) -> list[str]:
+    return (
+        [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        if device.type == "cuda"
+        else []
+    )
 
 
 def _sync(device: torch.device) -> None:
@@ -157,14 +208,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--epoch-images", type=int, default=45_000, help="images augmented for the timing")
+    parser.add_argument("--check-seconds", type=int, default=0, help="limit per check; 0: none")
     args = parser.parse_args(argv)
     cuda = torch.cuda.is_available() if args.device == "auto" else args.device == "cuda"
     device = torch.device("cuda", 0) if cuda else torch.device("cpu")
-    names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if cuda else []
+    names = gpu_names(device)
     print(f"torch {torch.__version__}, CUDA {torch.version.cuda}, devices: {names or 'CPU only'}", flush=True)
-    rows = run_checks(device, args.epoch_images)
-    if args.json:
-        args.json.write_text(json.dumps({"device": device.type, "gpus": names, "checks": rows}, indent=2))
+    rows = run_checks(device, args.epoch_images, args.check_seconds, args.json)
     sys.exit(1 if any(r["status"] == "FAILED" for r in rows) else 0)
 
 

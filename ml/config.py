@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 MAX_TRIALS = 1000  # a sweep larger than this is refused (422)
+CompileMode = Literal["default", "reduce-overhead", "max-autotune-no-cudagraphs", "max-autotune"]
 
 
 class Strict(BaseModel):
@@ -23,9 +24,13 @@ class Strict(BaseModel):
 
 
 class AugmentConfig(Strict):
-    crop: bool = True  # random crop 32x32 from the image zero-padded by 4 px
-    flip: bool = True  # random horizontal flip, p = 0.5
+    crop: bool = True  # random crop 32x32 from the image padded by `crop_padding` px (a random translate)
+    flip: bool = True  # random horizontal flip, p = 0.5 (see flip_mode)
     cutout: Annotated[int, Field(ge=0, le=32)] = 0  # side of a zeroed square in px; 0 = off
+    # --- options of the fast published CIFAR-10 recipes (bench/gpu.sh compares them) ---
+    crop_padding: Annotated[int, Field(ge=1, le=8)] = 4  # the largest translation, px
+    crop_fill: Literal["zeros", "reflect"] = "zeros"  # what the padding holds; reflect: the mirrored edge
+    flip_mode: Literal["random", "alternate"] = "random"  # alternate: each image mirrored every other epoch
 
 
 class TrainConfig(Strict):
@@ -48,10 +53,13 @@ class TrainConfig(Strict):
     augment: AugmentConfig = AugmentConfig(cutout=8)
     ema_decay: Annotated[float, Field(ge=0, lt=1)] = 0.999  # per step; 0 = no EMA of weights
     tta: bool = True  # evaluate on the image and its mirror, averaged
+    tta_translate: Annotated[int, Field(ge=0, le=4)] = 0  # also on copies shifted +-n px (reflected); 0 = off
     # --- engine ---
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 on CUDA and AMX/AVX512-BF16 CPUs
     channels_last: bool = True
     compile: bool = False  # torch.compile; its time is reported apart from training
+    compile_mode: CompileMode = "default"  # torch.compile's mode; reduce-overhead replays CUDA graphs
+    fused: bool = False  # the optimiser's fused kernel: one launch updates every parameter
     parallel: Literal["auto", "none", "dataparallel", "ddp"] = "auto"  # auto: DP on >1 GPU
     deterministic: bool = False  # torch.use_deterministic_algorithms
     seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = 0

@@ -165,7 +165,7 @@ def _train(
 def _run_epoch(setup: TrialSetup, epoch: int, should_stop: Callable[[], bool], team: Team) -> EpochMetrics:
     cfg = setup.cfg
     start = time.perf_counter()
-    batches = setup.epoch_batches()
+    batches = setup.epoch_batches(epoch)
     done = train_one_epoch(
         setup.runner,
         setup.optimizer,
@@ -263,6 +263,7 @@ def _measure(setup: TrialSetup, x: torch.Tensor, y: torch.Tensor) -> tuple[float
         cfg.tta,
         cfg.channels_last,
         setup.runtime.precision,
+        cfg.tta_translate,
     )
 
 

@@ -30,14 +30,16 @@ class SmoothedCrossEntropy(nn.Module):
 
 def build_optimizer(net: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     params = [p for p in net.parameters() if p.requires_grad]
+    fused = True if cfg.fused else None  # None: torch's own choice (the multi-tensor kernels on CUDA)
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
     return torch.optim.SGD(
         params,
         lr=cfg.lr,
         momentum=cfg.momentum,
         nesterov=cfg.nesterov and cfg.momentum > 0,  # torch rejects Nesterov without momentum
         weight_decay=cfg.weight_decay,
+        fused=fused,
     )
 
 

@@ -50,8 +50,8 @@ class TrialSetup:
     def __post_init__(self) -> None:
         self.runner, self.eval_runner = self.net, self.eval_net
 
-    def epoch_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """One epoch of shuffled, augmented, normalised training batches, made on the device."""
+    def epoch_batches(self, epoch: int = 1) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Epoch `epoch`'s shuffled, augmented, normalised training batches, made on the device."""
         cfg = self.cfg
         return train_batches(
             self.train_x,
@@ -62,6 +62,7 @@ class TrialSetup:
             STD,
             self.generator,
             cfg.channels_last,
+            epoch,
         )
 
     @property
@@ -90,8 +91,11 @@ class TrialSetup:
         if not self.cfg.compile:
             return None
         trained = self.runner
-        self.runner = torch.compile(trained)
-        self.eval_runner = self.runner if self.eval_runner is trained else torch.compile(self.eval_net)
+        mode = self.cfg.compile_mode
+        self.runner = torch.compile(trained, mode=mode)
+        self.eval_runner = (
+            self.runner if self.eval_runner is trained else torch.compile(self.eval_net, mode=mode)
+        )
         self.compiled = True
         return self._warm_up()
 

@@ -19,6 +19,7 @@ from ml.augment import (
     random_flip,
     steps_per_epoch,
     train_batches,
+    translate,
 )
 from ml.config import AugmentConfig
 from ml.data import MEAN, STD
@@ -130,3 +131,85 @@ def test_augmentation_off_is_plain_normalisation() -> None:
     x = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
     cfg = AugmentConfig(crop=False, flip=False, cutout=0)
     assert torch.equal(augment_batch(x, cfg, MEAN, STD, torch.Generator()), normalize(x, MEAN, STD))
+
+
+def test_reflect_crop_matches_torchvision_reflect_padding() -> None:
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 256, size=(32, 32, 3), dtype=np.uint8)
+    pad = 2
+    padded = np.pad(image, ((pad, pad), (pad, pad), (0, 0)), mode="reflect")  # torch's "reflect"
+    table = {
+        np.ascontiguousarray(padded[dy : dy + 32, dx : dx + 32]).tobytes(): (dy, dx)
+        for dy in range(2 * pad + 1)
+        for dx in range(2 * pad + 1)
+    }
+    assert len(table) == (2 * pad + 1) ** 2
+    reference = transforms.RandomCrop(32, padding=pad, padding_mode="reflect")
+    torch.manual_seed(0)
+    theirs = Counter(table[np.asarray(reference(Image.fromarray(image))).tobytes()] for _ in range(1000))
+
+    batch = torch.from_numpy(image).permute(2, 0, 1).unsqueeze(0).repeat(1000, 1, 1, 1)
+    cfg = AugmentConfig(flip=False, crop_padding=pad, crop_fill="reflect")
+    out = augment_batch(batch, cfg, (0.0, 0.0, 0.0), (1 / 255, 1 / 255, 1 / 255), torch.Generator())
+    ours = Counter(table[img.permute(1, 2, 0).round().to(torch.uint8).numpy().tobytes()] for img in out)
+
+    # Every output is one of the 25 reflect-padded crops (no zero border), each of them drawn.
+    assert set(ours) == set(theirs) == set(table.values())
+    chi2 = sum((ours[k] - theirs[k]) ** 2 / (ours[k] + theirs[k]) for k in table.values())
+    assert chi2 < _chi2_upper(len(table) - 1)
+
+
+@pytest.mark.parametrize("fill", ["zeros", "reflect"])
+def test_translate_moves_each_image_by_its_own_offset(fill: str) -> None:
+    x = torch.randint(0, 256, (3, 2, 32, 32), dtype=torch.uint8)
+    dy, dx = torch.tensor([0, 3, -2]), torch.tensor([0, -4, 1])
+    out = translate(x, dy, dx, fill)
+    mode = "reflect" if fill == "reflect" else "constant"
+    for i in range(3):
+        padded = np.pad(x[i].numpy(), ((0, 0), (4, 4), (4, 4)), mode=mode)
+        top, left = 4 + int(dy[i]), 4 + int(dx[i])
+        assert np.array_equal(out[i].numpy(), padded[:, top : top + 32, left : left + 32])
+
+
+def _mirrored_ids(batches: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[int, bool]:
+    """Image id (the label) -> whether its batch shows it mirrored (column 0 brighter than column 31)."""
+    return {
+        int(label): bool(image[0, 0, 0] > image[0, 0, 31])
+        for images, labels in batches
+        for image, label in zip(images, labels, strict=True)
+    }
+
+
+def test_alternating_flip_mirrors_each_image_on_every_other_epoch() -> None:
+    n = 64
+    ramp = torch.arange(32, dtype=torch.uint8).expand(n, 3, 32, 32).clone()  # mirrored: column 0 is 31
+    cfg = AugmentConfig(crop=False, cutout=0, flip_mode="alternate")
+    generator = torch.Generator().manual_seed(5)
+
+    def epoch(number: int, gen: torch.Generator = generator) -> dict[int, bool]:
+        return _mirrored_ids(
+            list(train_batches(ramp, torch.arange(n), 16, cfg, MEAN, STD, gen, epoch=number))
+        )
+
+    first, second, third = epoch(1), epoch(2), epoch(3)
+    assert len(first) == n  # every image once per epoch, shuffled differently each epoch
+    assert all(second[i] != first[i] for i in range(n))  # the other half next epoch
+    assert third == first
+    assert 20 < sum(first.values()) < 44  # a seeded half
+    # A fresh generator of the same seed (a resumed or another DDP rank's) flips the same halves,
+    # however far its stream has moved; another seed flips other ones.
+    moved = torch.Generator().manual_seed(5)
+    torch.rand(1000, generator=moved)
+    assert epoch(2, moved) == second
+    assert epoch(1, torch.Generator().manual_seed(6)) != first
+
+
+def test_random_flip_mode_ignores_the_epoch() -> None:
+    ramp = torch.arange(32, dtype=torch.uint8).expand(64, 3, 32, 32).clone()
+    cfg = AugmentConfig(crop=False, cutout=0)
+
+    def epoch(number: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        gen = torch.Generator().manual_seed(5)
+        return list(train_batches(ramp, torch.arange(64), 16, cfg, MEAN, STD, gen, epoch=number))
+
+    assert _mirrored_ids(epoch(1)) == _mirrored_ids(epoch(2))

@@ -7,7 +7,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import Connection
 
-from app.store.db import make_engine, migration_options
+from app.store.db import make_engine, migration_options, migration_transaction
 from app.store.tables import Base
 
 config = context.config
@@ -32,7 +32,7 @@ def run() -> None:
         return
     engine = make_engine(url)
     try:
-        with engine.begin() as owned:
+        with migration_transaction(engine) as owned:
             _run_online(owned)
     finally:
         engine.dispose()

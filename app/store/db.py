@@ -94,6 +94,29 @@ def alembic_config(url: str, connection: Connection | None = None) -> Config:
     return config
 
 
+@contextmanager
+def migration_transaction(engine: Engine) -> Iterator[Connection]:
+    """One transaction for a migration. On SQLite, with foreign keys off while it runs.
+
+    SQLite alters a table by copying it and dropping the original; with foreign keys on, that
+    drop cascades (rebuilding `jobs` would delete every trial). The pragma is a no-op inside a
+    transaction, so it is set before BEGIN; the keys are checked before the commit instead.
+    """
+    sqlite = is_sqlite(engine)
+    with engine.connect() as connection:
+        raw = connection.connection.driver_connection
+        if sqlite:
+            raw.execute("PRAGMA foreign_keys=OFF")
+        try:
+            with connection.begin():
+                yield connection
+                if sqlite and (broken := connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()):
+                    raise RuntimeError(f"migration left rows without their parent: {broken[:5]}")
+        finally:
+            if sqlite:
+                raw.execute("PRAGMA foreign_keys=ON")
+
+
 def upgrade_to_head(url: str) -> None:
     """Migrate the schema to the newest revision; safe when an API and workers start together.
 
@@ -103,7 +126,7 @@ def upgrade_to_head(url: str) -> None:
     """
     engine = make_engine(url)
     try:
-        with engine.begin() as connection:
+        with migration_transaction(engine) as connection:
             if not is_sqlite(engine):
                 connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
             command.upgrade(alembic_config(url, connection), "head")

@@ -27,6 +27,7 @@ from app.store.db import (
 from app.store.jobs import submit_job
 from app.store.tables import Base
 from ml.job import JobSpec
+from tests.sweep_rows import write_sweep
 
 
 def _schema_diff(engine: Engine) -> list[object]:
@@ -113,5 +114,29 @@ def test_the_database_refuses_a_status_outside_the_enums(db_url: str, table: str
         with engine.connect() as conn:
             stored = conn.execute(text(f"SELECT status FROM {table} WHERE id = :id"), {"id": row_id}).scalar()
         assert stored == "queued"
+    finally:
+        engine.dispose()
+
+
+def _row_counts(engine: Engine) -> dict[str, int]:
+    with engine.connect() as conn:
+        return {t: conn.execute(text(f"SELECT count(*) FROM {t}")).scalar_one() for t in TABLES_WITH_ROWS}
+
+
+TABLES_WITH_ROWS = ("jobs", "trials", "epoch_metrics")
+
+
+def test_migrating_down_and_up_keeps_every_row(db_url: str) -> None:
+    """SQLite rebuilds a table to alter it; with foreign keys on, dropping `jobs` would cascade."""
+    upgrade_to_head(db_url)
+    engine = make_engine(db_url)
+    try:
+        write_sweep(session_factory(engine), n_trials=3)
+        before = _row_counts(engine)
+        assert all(before.values()), before
+        command.downgrade(alembic_config(db_url), "0002")
+        assert _row_counts(engine) == before
+        upgrade_to_head(db_url)
+        assert _row_counts(engine) == before
     finally:
         engine.dispose()

@@ -120,11 +120,19 @@ Choices = Annotated[list[Any], Field(min_length=1, max_length=MAX_TRIALS)]
 SpaceValue = Choices | RangeSpec
 
 
+# Strategies that choose each point from the results so far (ml.adaptive), one at a time.
+ADAPTIVE = ("tpe", "cmaes")
+# A choice the samplers can hold as is; other choices (lists, objects) are handled as JSON text.
+SCALAR_CHOICE = (type(None), bool, int, float, str)
+
+
 class SearchSpec(Strict):
-    strategy: Literal["grid", "random"] = "grid"
+    strategy: Literal["grid", "random", "tpe", "cmaes"] = "grid"
     space: dict[str, SpaceValue] = Field(default_factory=dict)  # keys are TrainConfig fields
-    trials: Annotated[int, Field(ge=1, le=MAX_TRIALS)] | None = None  # random search only
-    seed: Annotated[int, Field(ge=0)] = 0  # random search only
+    trials: Annotated[int, Field(ge=1, le=MAX_TRIALS)] | None = None  # points to try; not for grid
+    seed: Annotated[int, Field(ge=0)] = 0  # of the random, TPE and CMA-ES samplers
+    # Runs per point, with train.seed, seed + 1, ...: a point's mean and spread show its noise.
+    repeats: Annotated[int, Field(ge=1, le=20)] = 1
 
     @model_validator(mode="after")
     def _space_matches_strategy(self) -> SearchSpec:
@@ -136,10 +144,24 @@ class SearchSpec(Strict):
             if ranges:
                 raise ValueError(f"grid search needs lists, not ranges, for: {', '.join(ranges)}")
             if self.trials is not None:
-                raise ValueError("trials applies to random search only; a grid has one trial per point")
+                raise ValueError(
+                    "trials applies to random, tpe and cmaes search; a grid has one trial per point"
+                )
         elif self.trials is None:
-            raise ValueError("random search needs trials")
+            raise ValueError(f"{self.strategy} search needs trials")
+        if self.strategy in ADAPTIVE and not self.space:
+            raise ValueError(f"{self.strategy} search needs a space to search")
+        if self.repeats > 1 and "seed" in self.space:
+            raise ValueError("repeats sets train.seed for each run of a point; do not also sweep seed")
+        if self.trials is not None and self.trials * self.repeats > MAX_TRIALS:
+            raise ValueError(
+                f"trials x repeats is {self.trials * self.repeats}; at most {MAX_TRIALS} per job"
+            )
         return self
+
+    @property
+    def adaptive(self) -> bool:
+        return self.strategy in ADAPTIVE
 
 
 class EarlyStoppingSpec(Strict):

@@ -1,7 +1,9 @@
 """Search-space expansion: a job's search space and base `TrainConfig` become a list of trials.
 
 Grid and random search share one grammar: a list of choices, or a `RangeSpec` (random only).
-Random search is reproducible from `search.seed`.
+Random search is reproducible from `search.seed`. Every point is run `search.repeats` times, with
+`train.seed`, `train.seed + 1`, ... . Adaptive strategies (tpe, cmaes) expand to no trials: their
+points are chosen one at a time from the results so far (`ml.adaptive`), each through `repeats_of`.
 """
 
 from __future__ import annotations
@@ -16,21 +18,57 @@ from pydantic import ValidationError
 
 from ml.config import MAX_TRIALS, RangeSpec, SearchSpec, TrainConfig
 
+SEEDS = 2**31  # train.seed's range
+
 
 @dataclass(frozen=True)
 class TrialPoint:
-    index: int
+    index: int  # the trial's position in the job, from 0
+    point: int  # the point of the space it runs; its repeats share it
     params: dict[str, Any]  # only the swept keys
-    config: TrainConfig  # base train config with params applied
+    config: TrainConfig  # base train config with params applied (and the repeat's seed)
 
 
 def expand(search: SearchSpec, train: TrainConfig) -> list[TrialPoint]:
     """All trials of a job, in a stable order. Raises ValueError on a bad point or too many."""
+    if search.adaptive:
+        _check_corners(search.space, train)
+        return []
     if search.strategy == "grid":
         points = _grid_points(search.space)
     else:
         points = _random_points(search.space, search.trials or 1, search.seed)
-    return [TrialPoint(i, p, _apply(train, p)) for i, p in enumerate(points)]
+    if len(points) * search.repeats > MAX_TRIALS:
+        raise ValueError(
+            f"{len(points)} points x {search.repeats} repeats; at most {MAX_TRIALS} trials per job"
+        )
+    return [
+        trial
+        for number, params in enumerate(points)
+        for trial in repeats_of(number, number * search.repeats, params, train, search.repeats)
+    ]
+
+
+def repeats_of(
+    point: int, first_index: int, params: dict[str, Any], train: TrainConfig, repeats: int
+) -> list[TrialPoint]:
+    """The trials that run one point: the same config but for `seed`, which counts up."""
+    config = _apply(train, params)
+    return [
+        TrialPoint(
+            first_index + k, point, params, config.model_copy(update={"seed": (config.seed + k) % SEEDS})
+        )
+        for k in range(repeats)
+    ]
+
+
+def _check_corners(space: dict[str, Any], train: TrainConfig) -> None:
+    """An adaptive job's points come later, from a sampler: refuse now a space whose ends
+    (each choice, each range's low and high, one key at a time) make an invalid config."""
+    for key, value in space.items():
+        ends = value if isinstance(value, list) else [value.low, value.high]
+        for end in ends:
+            _apply(train, {key: round(end) if isinstance(value, RangeSpec) and value.integer else end})
 
 
 def _grid_points(space: dict[str, Any]) -> list[dict[str, Any]]:

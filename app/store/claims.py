@@ -45,8 +45,9 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session, aliased
 
 from app.errors import InvalidTransition, LeaseLost
+from app.store.adaptive import ask_next_point, wants_a_point
 from app.store.db import db_time
-from app.store.jobs import get_job, refresh_job_status
+from app.store.jobs import get_job, lock_job, refresh_job_status
 from app.store.tables import EpochMetric, Job, RegisteredModel, Trial
 from ml.selection import first_best
 from ml.status import ACTIVE, ENDINGS, TRIAL_TRANSITIONS, JobStatus, TrialStatus
@@ -100,6 +101,7 @@ def claim_trial(session: Session, worker_id: str, lease_seconds: float) -> Claim
     """
     settle_expired_leases(session)
     now = db_time(session.get_bind())  # type: ignore[arg-type]
+    _ask_if_its_turn(session, now)
     candidate = aliased(Trial)
     pick = (
         select(candidate.id)
@@ -129,6 +131,29 @@ def claim_trial(session: Session, worker_id: str, lease_seconds: float) -> Claim
     refresh_job_status(session, row.job_id)
     job = get_job(session, row.job_id)
     return Claim(row.id, row.job_id, row.index, row.attempts, worker_id, lease_seconds, row.config, job.spec)
+
+
+def _ask_if_its_turn(session: Session, now: ColumnElement[float]) -> None:
+    """A tpe or cmaes job that wants its next point creates it now, when it comes before every
+    job with a claimable trial (by the claim order), so the claim below takes the new trial."""
+    wanting = session.execute(
+        select(Job.id, Job.priority)
+        .where(wants_a_point())
+        .order_by(Job.priority.desc(), Job.id.asc())
+        .limit(1)
+    ).one_or_none()
+    if wanting is None:
+        return
+    candidate = aliased(Trial)
+    ahead = session.execute(
+        select(Job.id, Job.priority)
+        .join(candidate, candidate.job_id == Job.id)
+        .where(_claimable(candidate, Job, now))
+        .order_by(Job.priority.desc(), Job.id.asc())
+        .limit(1)
+    ).one_or_none()
+    if ahead is None or (-wanting.priority, wanting.id) < (-ahead.priority, ahead.id):
+        ask_next_point(session, wanting.id)
 
 
 def _claimable(trial: type[Trial], job: type[Job], now: ColumnElement[float]) -> ColumnElement[bool]:
@@ -253,6 +278,7 @@ def finish_trial(session: Session, claim: Claim, outcome: Outcome) -> TrialStatu
         raise ValueError(f"trial {claim.trial_id} succeeded without a best checkpoint to register")
     if _already_ended(session, claim, outcome.status):
         return outcome.status
+    lock_job(session, claim.job_id)  # before the model's insert: see lock_job
     row = _write_history(
         session,
         claim,

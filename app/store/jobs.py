@@ -8,6 +8,7 @@ trial transition); the worker-side statements that move trials are in `app.store
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import Update, delete, func, select, update
@@ -16,6 +17,7 @@ from sqlalchemy.orm import Session, selectinload
 from app.errors import Conflict, IdempotencyMismatch, NotFound
 from app.store.tables import EpochMetric, Job, RegisteredModel, Trial
 from ml.job import JobSpec
+from ml.search import TrialPoint
 from ml.status import ACTIVE, JobStatus, TrialStatus
 
 
@@ -38,21 +40,28 @@ def submit_job(session: Session, spec: JobSpec, idempotency_key: str | None = No
         spec_digest=digest,
         idempotency_key=idempotency_key,
         priority=spec.priority,
+        trials_target=(spec.search.trials or 0) * spec.search.repeats if spec.search.adaptive else None,
     )
-    job.trials = [
+    job.trials = new_trials(spec.points, spec.max_attempts)
+    session.add(job)
+    session.flush()
+    return job, True
+
+
+def new_trials(points: Sequence[TrialPoint], max_attempts: int) -> list[Trial]:
+    """The rows of trials to queue, one per `TrialPoint`."""
+    return [
         Trial(
             index=point.index,
+            point=point.point,
             params=point.params,
             config=point.config.model_dump(mode="json"),
             status=TrialStatus.QUEUED,
             epochs=point.config.epochs,
-            max_attempts=spec.max_attempts,
+            max_attempts=max_attempts,
         )
-        for point in spec.points
+        for point in points
     ]
-    session.add(job)
-    session.flush()
-    return job, True
 
 
 def get_job(session: Session, job_id: int) -> Job:
@@ -174,9 +183,18 @@ def delete_job(session: Session, job_id: int) -> list[int]:
     return model_ids
 
 
+def lock_job(session: Session, job_id: int) -> Job | None:
+    """The job's row, locked for the transaction (PostgreSQL; SQLite's BEGIN IMMEDIATE already
+    serialises writers). Lock order: a transaction that inserts a job's trials or models takes
+    this lock first, since the insert's foreign-key check share-locks the row and two such
+    transactions would then deadlock upgrading to this lock."""
+    sqlite = session.get_bind().dialect.name == "sqlite"
+    return session.get(Job, job_id, with_for_update=not sqlite, populate_existing=not sqlite)
+
+
 def refresh_job_status(session: Session, job_id: int) -> None:
     """Derive a job's status from its trials after a trial transition (same transaction)."""
-    job = session.get(Job, job_id, with_for_update=session.bind.dialect.name != "sqlite")  # type: ignore[union-attr]
+    job = lock_job(session, job_id)
     if job is None:
         return
     counts = trial_counts(session, job_id)
@@ -184,7 +202,7 @@ def refresh_job_status(session: Session, job_id: int) -> None:
     if job.status is JobStatus.QUEUED and started:
         job.status = JobStatus.RUNNING
         job.started_at = job.started_at or func.now()
-    if job.status is JobStatus.RUNNING and _all_finished(counts):
+    if job.status is JobStatus.RUNNING and _all_finished(job, counts):
         job.status = JobStatus.SUCCEEDED if counts.get(TrialStatus.SUCCEEDED, 0) else JobStatus.FAILED
     _set_finished_if_done(session, job)
 
@@ -193,10 +211,18 @@ def trial_counts(session: Session, job_id: int) -> dict[str, int]:
     return _trial_counts_of(session, [job_id])[job_id]
 
 
-def _all_finished(counts: dict[str, int]) -> bool:
-    return sum(counts.values()) > 0 and not any(counts.get(s, 0) for s in ACTIVE)
+def _all_finished(job: Job, counts: dict[str, int]) -> bool:
+    """No trial will run again, and no more will be created: a tpe or cmaes job creates its trials
+    one point at a time, up to `trials_target` (a cancelled job asks for no more)."""
+    if any(counts.get(s, 0) for s in ACTIVE):
+        return False
+    if job.status is JobStatus.CANCELLED:
+        return True
+    created = sum(counts.values())
+    return created > 0 and (job.trials_target is None or created >= job.trials_target)
 
 
 def _set_finished_if_done(session: Session, job: Job) -> None:
-    if job.finished_at is None and _all_finished(trial_counts(session, job.id)):
+    counts = trial_counts(session, job.id)
+    if job.finished_at is None and _all_finished(job, counts):
         job.finished_at = func.now()

@@ -22,6 +22,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from ml.stats import wilson_interval
 from ml.status import JobStatus, TrialStatus
 
 
@@ -57,6 +58,9 @@ class Job(Base):
     spec_digest: Mapped[str] = mapped_column(String(64))
     idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True)
     priority: Mapped[int] = mapped_column(Integer, default=0)
+    # tpe/cmaes: how many trials the job will have (points x repeats); its trials are created one
+    # point at a time as workers can take them. None for grid and random jobs (all created at once).
+    trials_target: Mapped[int | None]
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
@@ -73,6 +77,7 @@ class Trial(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
     index: Mapped[int]
+    point: Mapped[int]  # the point of the space it runs; the repeats of a point share it
     params: Mapped[dict[str, Any]]  # only the swept keys
     config: Mapped[dict[str, Any]]  # the full TrainConfig this trial trains with
     status: Mapped[TrialStatus] = mapped_column(
@@ -92,13 +97,29 @@ class Trial(Base):
     lease_expires_at: Mapped[float | None] = mapped_column(Float)  # database clock, epoch s
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     environment: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # torch/CUDA/git versions
+    val_images: Mapped[int | None]  # how many images val_accuracy was measured on (its interval)
+    test_images: Mapped[int | None]
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
 
     job: Mapped[Job] = relationship(back_populates="trials")
+
+    @property
+    def val_interval(self) -> tuple[float, float] | None:
+        """95 % interval of val_accuracy (Wilson), once both it and its image count are known."""
+        return _interval(self.val_accuracy, self.val_images)
+
+    @property
+    def test_interval(self) -> tuple[float, float] | None:
+        return _interval(self.test_accuracy, self.test_images)
+
     history: Mapped[list[EpochMetric]] = relationship(
         order_by="EpochMetric.epoch", cascade="all, delete-orphan", passive_deletes=True
     )
+
+
+def _interval(accuracy: float | None, images: int | None) -> tuple[float, float] | None:
+    return None if accuracy is None or not images else wilson_interval(accuracy, images)
 
 
 class EpochMetric(Base):

@@ -12,18 +12,19 @@ import asyncio
 import contextlib
 import logging
 from collections import OrderedDict
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.errors import ModelUnavailable, NoModel
+from app.errors import ModelUnavailable, NoModel, NotFound
 from app.ops.instruments import count_reload
 from app.serving.batching import DynamicBatcher
 from app.serving.imaging import DecodeOptions, decode_all
 from app.serving.inference import LoadedModel, load_model, pick_device
 from app.settings import Settings
-from app.store.registry import ModelInfo, active_model_info, get_model
+from app.store.registry import ModelInfo, active_model_info, existing_model_ids, get_model
 
 log = logging.getLogger("sweepserve.predictor")
 
@@ -42,6 +43,10 @@ class Predictor:
         self._active: LoadedModel | None = None
         self._cache: OrderedDict[int, LoadedModel] = OrderedDict()  # LRU, most recent last
         self._loading: dict[int, asyncio.Future[LoadedModel]] = {}
+        # Deleted models: never served or cached again. Ids are never reused (AUTOINCREMENT), so
+        # the set only grows by what was deleted while this process ran.
+        self._forgotten: set[int] = set()
+        self._refreshing: asyncio.Future[int | None] | None = None
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._poller: asyncio.Task[None] | None = None
@@ -67,6 +72,23 @@ class Predictor:
         if self._loop is not None and not self._loop.is_closed():
             self._loop.call_soon_threadsafe(self._wake.set)
 
+    def forget(self, model_ids: Iterable[int]) -> None:
+        """Stop serving these (deleted) models at once; safe to call from any thread.
+
+        Requests whose images are already in a batch keep their reference and finish; every later
+        request resolves its model again (`?model_id=` -> 404, no model_id -> the new active one).
+        """
+        gone = set(model_ids)
+        if not gone:
+            return
+        self._forgotten |= gone
+        for model_id in gone:
+            self._cache.pop(model_id, None)
+        active = self._active
+        if active is not None and active.info.id in gone:
+            self._active = None
+        self.request_reload()
+
     def status(self) -> dict[str, Any]:
         return {
             "model_id": self._active.info.id if self._active else None,
@@ -88,15 +110,25 @@ class Predictor:
     # --- prediction ------------------------------------------------------------------------
 
     async def predict(self, images: list[bytes], *, model_id: int | None, resize: bool, tta: bool) -> dict:
-        """Decode (in a thread), batch with concurrent requests, answer in input order."""
-        model = await self._model_for(model_id)
+        """Decode (in a thread), batch with concurrent requests, answer in input order.
+
+        The images are checked before the model is looked up: a bad input is a 4xx even when
+        there is no model to serve.
+        """
         with self._batcher.arriving(len(images)):
             pixels = await asyncio.to_thread(decode_all, images, DecodeOptions(resize=resize))
+        model = await self._model_for(model_id)
         probs = await self._batcher.submit(model, pixels, tta)  # no await in between: queued at once
         return {"model": model.info.public(), "predictions": [_prediction(p, model.classes) for p in probs]}
 
     async def _model_for(self, model_id: int | None) -> LoadedModel:
+        if model_id is not None and model_id in self._forgotten:
+            raise NotFound(f"model {model_id} does not exist")
         active = self._active
+        if model_id is None and active is None:
+            # Read-your-writes: a model registered since the last poll answers this request.
+            await self.refresh_now()
+            active = self._active
         if model_id is None or (active is not None and active.info.id == model_id):
             if active is None:
                 raise NoModel(self._no_model_reason())
@@ -117,9 +149,20 @@ class Predictor:
 
     # --- hot reload ------------------------------------------------------------------------
 
+    async def refresh_now(self) -> None:
+        """Re-read the registry now; concurrent callers share one read. Errors are noted, not raised."""
+        if self._refreshing is None or self._refreshing.done():
+            self._refreshing = asyncio.ensure_future(self.refresh())
+        try:
+            await asyncio.shield(self._refreshing)
+        except Exception as exc:
+            self._note_error(f"looking for the active model failed: {exc}")
+
     async def refresh(self) -> int | None:
-        """Switch to the database's active model if it changed; returns the active model id."""
-        info = await asyncio.to_thread(self._read_active)
+        """Switch to the database's active model if it changed; returns the active model id.
+        Cached models deleted meanwhile (by this or another process) are forgotten."""
+        info, gone = await asyncio.to_thread(self._read_active)
+        self.forget(gone)
         if info is None:
             # No model registered (or its job was deleted: serving it would answer for a ghost).
             self._active, self.last_error = None, None
@@ -153,9 +196,11 @@ class Predictor:
             log.error("%s", message)
         self.last_error = message
 
-    def _read_active(self) -> ModelInfo | None:
+    def _read_active(self) -> tuple[ModelInfo | None, set[int]]:
+        """The active model, and which of the cached (or served) models no longer exist."""
+        held = set(self._cache) | ({self._active.info.id} if self._active else set())
         with self._sessions() as session:
-            return active_model_info(session)
+            return active_model_info(session), held - existing_model_ids(session, held)
 
     def _read_model(self, model_id: int) -> ModelInfo:
         with self._sessions() as session:
@@ -178,6 +223,8 @@ class Predictor:
     async def _load_and_cache(self, info: ModelInfo) -> LoadedModel:
         warmup = tuple(sorted({1, self._settings.max_batch_size}))
         model = await asyncio.to_thread(load_model, info, self._settings.artifacts_dir, self._device, warmup)
+        if info.id in self._forgotten:  # deleted while it loaded
+            raise NotFound(f"model {info.id} does not exist")
         self._cache[info.id] = model
         self._evict(protect=info.id)
         return model

@@ -60,6 +60,13 @@ def get_model(session: Session, model_id: int) -> RegisteredModel:
     return row
 
 
+def existing_model_ids(session: Session, model_ids: set[int]) -> set[int]:
+    """Those of `model_ids` that still have a row."""
+    if not model_ids:
+        return set()
+    return set(session.scalars(select(RegisteredModel.id).where(RegisteredModel.id.in_(model_ids))))
+
+
 def list_models(session: Session) -> list[RegisteredModel]:
     return list(session.scalars(select(RegisteredModel).order_by(RegisteredModel.id.desc())))
 

@@ -43,13 +43,18 @@ def status_check(enum: type[JobStatus] | type[TrialStatus], table: str) -> Check
     return CheckConstraint(f"status IN ({allowed})", name=f"ck_{table}_status")
 
 
+# Ids that reach a URL are never handed out twice: SQLite would otherwise reuse the largest
+# rowid after a delete, and a cached or bookmarked /models/1 would name another model.
+AUTOINCREMENT = {"sqlite_autoincrement": True}
+
+
 class Base(DeclarativeBase):
     type_annotation_map: ClassVar[dict[Any, Any]] = {dict[str, Any]: JSON, datetime: DateTime(timezone=True)}
 
 
 class Job(Base):
     __tablename__ = "jobs"
-    __table_args__ = (status_check(JobStatus, "jobs"),)
+    __table_args__ = (status_check(JobStatus, "jobs"), AUTOINCREMENT)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
@@ -72,7 +77,7 @@ class Job(Base):
 
 class Trial(Base):
     __tablename__ = "trials"
-    __table_args__ = (UniqueConstraint("job_id", "index"), status_check(TrialStatus, "trials"))
+    __table_args__ = (UniqueConstraint("job_id", "index"), status_check(TrialStatus, "trials"), AUTOINCREMENT)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
@@ -143,6 +148,7 @@ class RegisteredModel(Base):
     """A servable checkpoint: the best epoch of a finished trial."""
 
     __tablename__ = "models"
+    __table_args__ = (AUTOINCREMENT,)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
@@ -154,6 +160,31 @@ class RegisteredModel(Base):
     path: Mapped[str] = mapped_column(Text)  # relative to the artifacts directory
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
     promoted_at: Mapped[datetime | None]  # a user's promotion overrides "highest val_accuracy"
+
+
+class ModelAlias(Base):
+    """A name for a model: `champion` is what /predict serves; others are the user's."""
+
+    __tablename__ = "model_aliases"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"), index=True)
+    pinned: Mapped[bool] = mapped_column(Boolean)  # champion: set by a user, not by "best on validation"
+    updated_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+class AliasMove(Base):
+    """One move of an alias (history): from which model to which, when and why."""
+
+    __tablename__ = "alias_moves"
+    __table_args__ = (AUTOINCREMENT,)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[datetime] = mapped_column(server_default=func.now())
+    alias: Mapped[str] = mapped_column(String(64), index=True)
+    from_model: Mapped[int | None]  # no foreign keys: the history outlives the models it names
+    to_model: Mapped[int | None]
+    reason: Mapped[str] = mapped_column(Text)
 
 
 class Worker(Base):

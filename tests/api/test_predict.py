@@ -10,7 +10,9 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.api.main import create_app
 from app.settings import Settings
+from app.store.tables import RegisteredModel
 from tests.served_models import (
     as_base64,
     encode,
@@ -143,6 +145,41 @@ def test_model_id_pins_a_model_and_unknown_ids_are_404(
         f"model {other + 1}"
         in problem(client.post("/predict", params={"model_id": other + 1}, files=image), 404)["detail"]
     )
+
+
+def test_a_deleted_jobs_model_is_never_served_again_and_its_id_is_not_reused(
+    client: TestClient, model_id: int, sessions: sessionmaker[Session], settings: Settings
+) -> None:
+    """Delete job 1 (the served model, also cached for ?model_id=), train job 2: /predict answers
+    with job 2's model at once and ?model_id=<job 1's model> is 404, on SQLite and PostgreSQL."""
+    image = files(png_files(1))
+    assert client.post("/predict", params={"model_id": model_id}, files=image).status_code == 200
+    with sessions() as session:
+        job_id = session.get(RegisteredModel, model_id).job_id  # type: ignore[union-attr]
+    assert client.delete(f"/jobs/{job_id}").status_code == 204
+    second = register_model(sessions, settings.artifacts_dir, val_accuracy=0.3, seed=5)
+    assert second > model_id  # never the deleted model's id again
+    assert client.post("/predict", files=image).json()["model"]["id"] == second  # no wait for a poll
+    body = problem(client.post("/predict", params={"model_id": model_id}, files=image), 404)
+    assert f"model {model_id}" in body["detail"]
+    assert client.get(f"/models/{model_id}").status_code == 404
+
+
+def test_a_model_registered_since_the_last_poll_answers_the_next_request(
+    client: TestClient, sessions: sessionmaker[Session], settings: Settings
+) -> None:
+    """Read-your-writes: no 503 window between a model's registration and the predictor's poll."""
+    never = settings.model_copy(update={"model_poll_seconds": 3600.0})
+    with TestClient(create_app(never), raise_server_exceptions=False) as slow:
+        assert slow.app.state.predictor.status()["model_id"] is None  # type: ignore[attr-defined]
+        model = register_model(sessions, settings.artifacts_dir, val_accuracy=0.5)
+        response = slow.post("/predict", files=files(png_files(1)))
+        assert response.status_code == 200, response.text
+        assert response.json()["model"]["id"] == model
+
+
+def test_a_non_image_with_no_model_is_a_4xx_not_a_503(client: TestClient) -> None:
+    problem(client.post("/predict", files=files([b"not an image at all"])), 415)
 
 
 @sqlite_only

@@ -140,3 +140,65 @@ def test_migrating_down_and_up_keeps_every_row(db_url: str) -> None:
         assert _row_counts(engine) == before
     finally:
         engine.dispose()
+
+
+def _rows(engine: Engine) -> dict[str, list[tuple[object, ...]]]:
+    with engine.connect() as conn:
+        return {
+            table: [tuple(row) for row in conn.execute(text(f"SELECT * FROM {table} ORDER BY id"))]
+            for table in ("jobs", "trials", "epoch_metrics", "models")
+        }
+
+
+def test_0005_keeps_every_row_and_ids_are_never_reused(empty_db_url: str) -> None:
+    """Upgrading a database with jobs, trials, epochs and models keeps them all (the SQLite table
+    rebuild must not cascade-delete children); after that a deleted job's id is not handed out again."""
+    command.upgrade(alembic_config(empty_db_url), "0003")
+    engine = make_engine(empty_db_url)
+    try:
+        with engine.begin() as conn:
+            for _ in range(2):  # no explicit ids: PostgreSQL's sequences must advance
+                job_id = conn.execute(
+                    text(
+                        "INSERT INTO jobs (name, status, spec, spec_digest, priority) "
+                        "VALUES ('j', 'succeeded', '{}', 'd', 0) RETURNING id"
+                    )
+                ).scalar_one()
+                trial_id = conn.execute(
+                    text(
+                        'INSERT INTO trials (job_id, "index", params, config, status, epochs_done, epochs,'
+                        " attempts, max_attempts, cancel_requested, pauses)"
+                        " VALUES (:job, 0, '{}', '{}', 'succeeded', 1, 1, 1, 3, false, 0) RETURNING id"
+                    ),
+                    {"job": job_id},
+                ).scalar_one()
+                conn.execute(
+                    text(
+                        "INSERT INTO epoch_metrics (trial_id, epoch, train_loss, train_accuracy, val_loss,"
+                        " val_accuracy, lr, seconds, images_per_second, attempt)"
+                        " VALUES (:trial, 1, 1, 0.5, 1, 0.5, 0.1, 1, 1, 1)"
+                    ),
+                    {"trial": trial_id},
+                )
+                conn.execute(
+                    text(
+                        "INSERT INTO models (job_id, trial_id, arch, epoch, val_accuracy, path)"
+                        " VALUES (:job, :trial, 'resnet18', 1, 0.5, 'p')"
+                    ),
+                    {"job": job_id, "trial": trial_id},
+                )
+        before = _rows(engine)
+        upgrade_to_head(empty_db_url)
+        assert _rows(engine) == before
+        assert _schema_diff(engine) == []
+        with session_factory(engine)() as session, session.begin():
+            session.execute(text("DELETE FROM jobs WHERE id = 2"))
+        spec = JobSpec.model_validate({"search": {"space": {"seed": [0]}}, "train": {"epochs": 1}})
+        with session_factory(engine)() as session, session.begin():
+            job, _ = submit_job(session, spec)
+            new_ids = (job.id, job.trials[0].id)
+        assert new_ids == (3, 3)
+        command.downgrade(alembic_config(empty_db_url), "0003")
+        assert len(_rows(engine)["trials"]) == 2
+    finally:
+        engine.dispose()

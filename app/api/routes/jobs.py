@@ -124,11 +124,12 @@ def cancel(job_id: JobId, session: SessionDep) -> JobOut:
 def remove_job(
     job_id: JobId, session: SessionDep, settings: SettingsDep, predictor: PredictorDep
 ) -> Response:
-    delete_job(session, job_id)
-    # Rows first: once they are gone no worker or predictor looks for the files.
+    model_ids = delete_job(session, job_id)
+    # Rows first: once they are gone no worker or predictor looks for the files. Ids are never
+    # reused (AUTOINCREMENT), so the folder can belong to no later job.
     session.commit()
+    predictor.forget(model_ids)  # not served from now on; it switches to the new active model
     shutil.rmtree(job_dir(settings.artifacts_dir, job_id), ignore_errors=True)
-    predictor.request_reload()  # it may be serving one of this job's models: let it switch now
     return Response(status_code=204)
 
 

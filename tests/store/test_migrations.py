@@ -9,6 +9,7 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, inspect, text
 from sqlalchemy.exc import IntegrityError
 
@@ -142,6 +143,15 @@ def test_migrating_down_and_up_keeps_every_row(db_url: str) -> None:
         engine.dispose()
 
 
+AUTOINCREMENT_REVISION = "0005"
+
+
+def _previous(revision: str) -> str:
+    down = ScriptDirectory.from_config(alembic_config("sqlite://")).get_revision(revision).down_revision
+    assert isinstance(down, str)
+    return down
+
+
 def _rows(engine: Engine) -> dict[str, list[tuple[object, ...]]]:
     with engine.connect() as conn:
         return {
@@ -150,7 +160,7 @@ def _rows(engine: Engine) -> dict[str, list[tuple[object, ...]]]:
         }
 
 
-def test_0005_keeps_every_row_and_ids_are_never_reused(empty_db_url: str) -> None:
+def test_autoincrement_migration_keeps_every_row_and_ids_are_never_reused(empty_db_url: str) -> None:
     """Upgrading a database with jobs, trials, epochs and models keeps them all (the SQLite table
     rebuild must not cascade-delete children); after that a deleted job's id is not handed out again."""
     command.upgrade(alembic_config(empty_db_url), "0003")
@@ -187,6 +197,7 @@ def test_0005_keeps_every_row_and_ids_are_never_reused(empty_db_url: str) -> Non
                     ),
                     {"job": job_id, "trial": trial_id},
                 )
+        command.upgrade(alembic_config(empty_db_url), _previous(AUTOINCREMENT_REVISION))
         before = _rows(engine)
         upgrade_to_head(empty_db_url)
         assert _rows(engine) == before
@@ -198,7 +209,7 @@ def test_0005_keeps_every_row_and_ids_are_never_reused(empty_db_url: str) -> Non
             job, _ = submit_job(session, spec)
             new_ids = (job.id, job.trials[0].id)
         assert new_ids == (3, 3)
-        command.downgrade(alembic_config(empty_db_url), "0003")
+        command.downgrade(alembic_config(empty_db_url), _previous(AUTOINCREMENT_REVISION))
         assert len(_rows(engine)["trials"]) == 2
     finally:
         engine.dispose()

@@ -17,7 +17,7 @@ COPY pyproject.toml README.md ./
 COPY app ./app
 COPY ml ./ml
 COPY migrations ./migrations
-RUN pip install '.[onnx]'
+RUN pip install '.[onnx,s3]'
 
 RUN useradd --create-home --uid 10001 sweepserve \
     && mkdir -p /var/lib/sweepserve/artifacts /var/lib/sweepserve/data \

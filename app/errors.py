@@ -90,3 +90,16 @@ class ExportUnavailable(ServiceError):
     """The optional packages for this export format are not installed."""
 
     status, title = 501, "Export format unavailable"
+
+
+class ArtifactMissing(ServiceError, FileNotFoundError):
+    """A checkpoint the database names is not in the artifact store (deleted, or never uploaded)."""
+
+    status, title = 404, "Checkpoint missing"
+
+
+class ArtifactCorrupt(ServiceError):
+    """A stored checkpoint's bytes differ from the size or sha256 recorded when it was written:
+    truncated or tampered with. It is never loaded."""
+
+    status, title = 500, "Checkpoint failed verification"

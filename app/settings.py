@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import Field, field_validator
+from pydantic import Field, StringConstraints, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_HOME = Path("sweepserve-data")
+# s3://bucket or s3://bucket/prefix: checkpoints in S3-compatible object storage (app.store.artifacts)
+S3Url = Annotated[str, StringConstraints(pattern=r"^s3://[^/\s]+(/\S*)?$")]
 
 
 class Settings(BaseSettings):
@@ -16,7 +20,11 @@ class Settings(BaseSettings):
 
     # storage
     database_url: str = f"sqlite:///{DEFAULT_HOME / 'sweepserve.db'}"  # or postgresql://user@host/db
-    artifacts_dir: Path = DEFAULT_HOME / "artifacts"  # checkpoints; shared by all workers
+    # checkpoints: a directory every process sees, or s3://bucket/prefix (credentials, region and
+    # endpoint from the standard AWS_* variables)
+    artifacts_dir: S3Url | Path = DEFAULT_HOME / "artifacts"
+    cache_dir: Path = DEFAULT_HOME / "cache"  # with s3://: local copies, and the folder workers train in
+    artifact_cache_bytes: int = Field(4 * 1024**3, ge=0)  # bound of the cache's copies (LRU)
     data_dir: Path = DEFAULT_HOME / "data"  # cifar-10-batches-py/, train/+test/, or a .tar.gz
     allow_download: bool = True  # fetch CIFAR-10 / ImageNet weights when absent locally
 
@@ -39,6 +47,14 @@ class Settings(BaseSettings):
     # logs
     log_json: bool = False
     log_level: str = "INFO"
+
+    @field_validator("artifacts_dir", mode="before")
+    @classmethod
+    def _no_half_url(cls, value: object) -> object:
+        # "s3:/bucket" or "s3://" would otherwise become a local folder named "s3:".
+        if isinstance(value, str) and value.startswith("s3:") and not re.match(r"^s3://[^/\s]+", value):
+            raise ValueError(f"{value!r}: an object store is written s3://bucket or s3://bucket/prefix")
+        return value
 
     @field_validator("database_url")
     @classmethod

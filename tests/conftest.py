@@ -21,6 +21,8 @@ from app.store.tables import Base, Trial
 from ml.job import JobSpec
 from tests.postgres import BACKENDS, fresh_postgres_database
 
+pytest_plugins = ["tests.s3"]  # moto_endpoint, s3_env, s3_url: a loopback S3 server
+
 
 @pytest.fixture(scope="session")
 def postgres_session_url() -> Iterator[str]:

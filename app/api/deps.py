@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from app.serving.predictor import Predictor
 from app.settings import Settings
+from app.store.artifacts import ArtifactStore
 
 # Ids are INTEGER columns (int4 on PostgreSQL): a larger id is a 422, not a database overflow.
 MAX_ID = 2**31 - 1
@@ -28,6 +29,10 @@ def get_session(request: Request) -> Iterator[Session]:
         yield session
 
 
+async def get_store(request: Request) -> ArtifactStore:
+    return request.app.state.store
+
+
 async def get_predictor(request: Request) -> Predictor:
     return request.app.state.predictor
 
@@ -35,6 +40,7 @@ async def get_predictor(request: Request) -> Predictor:
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 SessionDep = Annotated[Session, Depends(get_session)]
 PredictorDep = Annotated[Predictor, Depends(get_predictor)]
+StoreDep = Annotated[ArtifactStore, Depends(get_store)]
 
 JobId = Annotated[int, PathParam(ge=1, le=MAX_ID)]
 TrialId = Annotated[int, PathParam(ge=1, le=MAX_ID)]

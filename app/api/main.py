@@ -18,6 +18,7 @@ from app.ops.requests import install_request_middleware
 from app.serving.predictor import Predictor
 from app.settings import Settings, get_settings
 from app.store import db
+from app.store.artifacts import open_store
 
 
 @asynccontextmanager
@@ -26,7 +27,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     db.upgrade_to_head(settings.database_url)
     app.state.engine = engine = db.make_engine(settings.database_url)
     app.state.session_factory = db.session_factory(engine)
-    app.state.predictor = predictor = Predictor(settings, app.state.session_factory)
+    app.state.store = store = open_store(settings)
+    app.state.predictor = predictor = Predictor(settings, app.state.session_factory, store)
     await predictor.start()
     # Start-up made hundreds of thousands of long-lived objects (torch, models, routes): out of the
     # collector's sight, a full collection no longer stalls requests (p99 at 32 concurrent /predict

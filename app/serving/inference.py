@@ -10,12 +10,12 @@ from __future__ import annotations
 import logging
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
+from app.store.artifacts import ArtifactStore
 from app.store.registry import ModelInfo
 from ml.checkpoint import load_for_inference
 from ml.config import TrainConfig
@@ -42,9 +42,11 @@ def pick_device() -> torch.device:
 
 
 def load_model(
-    info: ModelInfo, artifacts_dir: Path, device: torch.device, warmup_sizes: tuple[int, ...]
+    info: ModelInfo, store: ArtifactStore, device: torch.device, warmup_sizes: tuple[int, ...]
 ) -> LoadedModel:
-    module, meta = load_for_inference(artifacts_dir / info.path, device)
+    # The store checks the bytes against the size and sha256 recorded at registration (and, for
+    # object storage, downloads them into its cache) before torch reads them.
+    module, meta = load_for_inference(store.get(info.blob), device)
     precision = _precision(meta["config"], device)
     mean, std = tuple(meta["mean"]), tuple(meta["std"])
     module = module.to(memory_format=torch.channels_last)

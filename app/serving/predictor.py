@@ -24,14 +24,18 @@ from app.serving.batching import DynamicBatcher
 from app.serving.imaging import DecodeOptions, decode_all
 from app.serving.inference import LoadedModel, load_model, pick_device
 from app.settings import Settings
+from app.store.artifacts import ArtifactStore, open_store
 from app.store.registry import ModelInfo, active_model_info, existing_model_ids, get_model
 
 log = logging.getLogger("sweepserve.predictor")
 
 
 class Predictor:
-    def __init__(self, settings: Settings, session_factory: sessionmaker[Session]) -> None:
+    def __init__(
+        self, settings: Settings, session_factory: sessionmaker[Session], store: ArtifactStore | None = None
+    ) -> None:
         self._settings = settings
+        self._store = store or open_store(settings)
         self._sessions = session_factory
         self._device = pick_device()
         self._batcher = DynamicBatcher(
@@ -222,7 +226,7 @@ class Predictor:
 
     async def _load_and_cache(self, info: ModelInfo) -> LoadedModel:
         warmup = tuple(sorted({1, self._settings.max_batch_size}))
-        model = await asyncio.to_thread(load_model, info, self._settings.artifacts_dir, self._device, warmup)
+        model = await asyncio.to_thread(load_model, info, self._store, self._device, warmup)
         if info.id in self._forgotten:  # deleted while it loaded
             raise NotFound(f"model {info.id} does not exist")
         self._cache[info.id] = model

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
-from pathlib import Path
 
 from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
 from app.errors import Conflict, NotFound
+from app.store.artifacts import ArtifactStore, Blob
 from app.store.db import db_time
 from app.store.tables import RegisteredModel
 
@@ -23,11 +23,15 @@ class ModelInfo:
     trial_id: int
     val_accuracy: float
     test_accuracy: float | None
-    path: str  # relative to the artifacts directory
+    path: str  # the checkpoint's key in the artifact store
 
     @classmethod
     def from_row(cls, row: RegisteredModel) -> ModelInfo:
         return cls(row.id, row.job_id, row.trial_id, row.val_accuracy, row.test_accuracy, row.path)
+
+    @property
+    def blob(self) -> Blob:
+        return Blob(self.path)
 
     def public(self) -> dict[str, object]:
         """Every field but the checkpoint's path: what an answer may say about the model."""
@@ -71,10 +75,10 @@ def list_models(session: Session) -> list[RegisteredModel]:
     return list(session.scalars(select(RegisteredModel).order_by(RegisteredModel.id.desc())))
 
 
-def promote_model(session: Session, model_id: int, artifacts_dir: Path) -> RegisteredModel:
+def promote_model(session: Session, model_id: int, store: ArtifactStore) -> RegisteredModel:
     """Make a model the active one, stamped with the database clock (sub-second, unlike now())."""
     row = get_model(session, model_id)
-    if not (artifacts_dir / row.path).is_file():
+    if not store.exists(row.path):
         raise Conflict(f"model {model_id} cannot be promoted: its checkpoint {row.path} is missing")
     now = session.scalar(select(db_time(session.get_bind())))  # type: ignore[arg-type]
     row.promoted_at = datetime.fromtimestamp(float(now), UTC)

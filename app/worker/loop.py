@@ -45,7 +45,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.errors import LeaseLost
 from app.ops.logs import log_context
 from app.settings import Settings
-from app.store.artifacts import discard_superseded, start_attempt, trial_dir
+from app.store.artifacts import discard_superseded, open_store, start_attempt, trial_dir
 from app.store.claims import Claim, Outcome, claim_trial, fail_trial, finish_trial, pause_trial
 from app.store.db import make_engine, session_factory, transaction, upgrade_to_head
 from app.store.tables import Trial
@@ -93,6 +93,7 @@ class WorkerLoop:
         self.settings, self.engine, self.gpus, self.stop = settings, engine, gpus, stop
         self.factory: sessionmaker[Session] = session_factory(engine)
         self.id = make_worker_id()
+        self.store = open_store(settings)
         self.keeper = LeaseKeeper(engine, self.id, settings.heartbeat_seconds)
 
     def in_transaction(self, action: Callable[[Session], T], what: str) -> T:
@@ -190,7 +191,7 @@ class WorkerLoop:
         cfg = TrainConfig.model_validate(claim.config)
         dataset = _dataset(spec.data.dataset, Path(self.settings.data_dir), self.settings.allow_download)
         splits = make_splits(dataset, spec.data, seed=cfg.seed)
-        trial_path = trial_dir(self.settings.artifacts_dir, claim.job_id, claim.trial_id)
+        trial_path = trial_dir(self.store.work_root, claim.job_id, claim.trial_id)
         return run_trial(
             cfg,
             splits,
@@ -209,7 +210,7 @@ class WorkerLoop:
     def _tidy_lost_attempt(self, claim: Claim) -> None:
         """A superseded attempt deletes what it may have written after the takeover: its folder
         once a newer attempt has a last.pt, the whole trial folder once the trial was deleted."""
-        trial_path = trial_dir(self.settings.artifacts_dir, claim.job_id, claim.trial_id)
+        trial_path = trial_dir(self.store.work_root, claim.job_id, claim.trial_id)
         try:
             exists = self.in_transaction(lambda s: s.get(Trial, claim.trial_id) is not None, "tidy")
         except DB_UNAVAILABLE:
@@ -224,7 +225,7 @@ class WorkerLoop:
     def _outcome(self, result: TrialResult) -> Outcome:
         model_path = None
         if result.best_checkpoint is not None:
-            artifacts = Path(self.settings.artifacts_dir).resolve()
+            artifacts = Path(self.store.work_root).resolve()
             model_path = Path(result.best_checkpoint).resolve().relative_to(artifacts).as_posix()
         return Outcome(
             status=result.status,

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.errors import ModelUnavailable, NoModel, NotFound, Overloaded
 from app.serving.predictor import Predictor
 from app.settings import Settings
+from app.store.artifacts import LocalStore
 from app.store.db import transaction
 from app.store.registry import promote_model
 from tests.served_models import encode, png_files, register_model, synthetic_pixels
@@ -243,7 +244,7 @@ def test_promotion_wins_over_accuracy_and_request_reload_is_prompt(
         async with running(settings, factory) as predictor:
             await serving(predictor, best)
             with transaction(factory) as session:
-                promote_model(session, weaker, settings.artifacts_dir)
+                promote_model(session, weaker, LocalStore(settings.artifacts_dir))
             predictor.request_reload()
             await serving(predictor, weaker)
             assert (await predict(predictor, png_files(1)))["model"]["id"] == weaker

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import shutil
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Header, Query, Response
@@ -11,7 +10,7 @@ from pydantic import BeforeValidator, WithJsonSchema
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app.api.deps import MAX_ID, JobId, PredictorDep, SessionDep, SettingsDep
+from app.api.deps import MAX_ID, JobId, PredictorDep, SessionDep, StoreDep
 from app.api.schemas import problem_responses
 from app.api.schemas.jobs import (
     JOB_SPEC_EXAMPLE,
@@ -22,7 +21,7 @@ from app.api.schemas.jobs import (
     job_out,
     job_summary,
 )
-from app.store.artifacts import job_dir
+from app.store.artifacts import job_key
 from app.store.jobs import (
     cancel_job,
     delete_job,
@@ -121,15 +120,13 @@ def cancel(job_id: JobId, session: SessionDep) -> JobOut:
     responses=problem_responses(404, 409, 422),
     summary="Delete a finished job, its trials, models and checkpoint files",
 )
-def remove_job(
-    job_id: JobId, session: SessionDep, settings: SettingsDep, predictor: PredictorDep
-) -> Response:
+def remove_job(job_id: JobId, session: SessionDep, store: StoreDep, predictor: PredictorDep) -> Response:
     model_ids = delete_job(session, job_id)
     # Rows first: once they are gone no worker or predictor looks for the files. Ids are never
-    # reused (AUTOINCREMENT), so the folder can belong to no later job.
+    # reused (AUTOINCREMENT), so the keys can belong to no later job.
     session.commit()
     predictor.forget(model_ids)  # not served from now on; it switches to the new active model
-    shutil.rmtree(job_dir(settings.artifacts_dir, job_id), ignore_errors=True)
+    store.delete_prefix(job_key(job_id))
     return Response(status_code=204)
 
 

@@ -11,12 +11,13 @@ from fastapi import APIRouter, Query
 from fastapi.responses import FileResponse
 from starlette.background import BackgroundTask
 
-from app.api.deps import ModelId, PredictorDep, SessionDep, SettingsDep
+from app.api.deps import ModelId, PredictorDep, SessionDep, StoreDep
 from app.api.problems import Problem
 from app.api.schemas import problem_responses
 from app.api.schemas.models import ModelList, ModelOut
+from app.errors import ArtifactMissing
 from app.serving.export import MEDIA_TYPES, SUFFIXES, ExportFormat, export_model
-from app.store.registry import active_model, get_model, list_models, promote_model
+from app.store.registry import ModelInfo, active_model, get_model, list_models, promote_model
 from app.store.tables import RegisteredModel
 
 router = APIRouter(prefix="/models", tags=["models"])
@@ -39,11 +40,9 @@ def read_model(model_id: ModelId, session: SessionDep) -> ModelOut:
     responses=problem_responses(404, 409, 422),
     summary="Make this model the one /predict serves; it switches without a restart",
 )
-def promote(
-    model_id: ModelId, session: SessionDep, settings: SettingsDep, predictor: PredictorDep
-) -> ModelOut:
+def promote(model_id: ModelId, session: SessionDep, store: StoreDep, predictor: PredictorDep) -> ModelOut:
     with session.begin():
-        promote_model(session, model_id, settings.artifacts_dir)
+        promote_model(session, model_id, store)
     predictor.request_reload()
     return _model_out(get_model(session, model_id), active_model(session))
 
@@ -60,13 +59,16 @@ def promote(
 def export(
     model_id: ModelId,
     session: SessionDep,
-    settings: SettingsDep,
+    store: StoreDep,
     format: Annotated[ExportFormat, Query(description="file format")] = "onnx",
 ) -> FileResponse:
     row = get_model(session, model_id)
-    checkpoint = settings.artifacts_dir / row.path
-    if not checkpoint.is_file():
-        raise Problem(404, "Checkpoint missing", f"model {model_id}'s file {row.path} no longer exists")
+    try:
+        checkpoint = store.get(ModelInfo.from_row(row).blob)  # verified; downloaded if remote
+    except ArtifactMissing as exc:
+        raise Problem(
+            404, "Checkpoint missing", f"model {model_id}'s file {row.path} no longer exists"
+        ) from exc
     path = _export_to_temp(checkpoint, format)
     return FileResponse(
         path,

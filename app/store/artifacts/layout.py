@@ -11,15 +11,22 @@ a last.pt of its own, the folders of older attempts are deleted.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import shutil
-import uuid
 from pathlib import Path
 
+from app.store.artifacts.local import link_or_copy
 from ml.trial_state import BEST, LAST
 
 ATTEMPT_PREFIX = "attempt-"
+
+
+def job_key(job_id: int) -> str:
+    """The key prefix (a folder) of everything a job stores."""
+    return f"jobs/{job_id}/"
+
+
+def trial_key(job_id: int, trial_id: int) -> str:
+    return f"{job_key(job_id)}trials/{trial_id}/"
 
 
 def job_dir(artifacts_dir: Path, job_id: int) -> Path:
@@ -59,7 +66,7 @@ def start_attempt(trial_path: Path, attempt: int) -> Path:
         # never newer; and a last.pt present says the folder is complete.
         for name in (BEST, LAST):
             if (source / name).is_file():
-                _link_or_copy(source / name, out_dir / name)
+                link_or_copy(source / name, out_dir / name)
     return out_dir
 
 
@@ -79,19 +86,3 @@ def discard_superseded(trial_path: Path) -> list[int]:
 def _complete_attempts(trial_path: Path) -> list[int]:
     """Attempts whose folder holds a last.pt, i.e. that a later attempt can resume from."""
     return [n for n, path in attempts_on_disk(trial_path).items() if (path / LAST).is_file()]
-
-
-def _link_or_copy(source: Path, target: Path) -> None:
-    """Make `target` hold `source`'s bytes, atomically. A hard link costs nothing and stays
-    intact when the source is later replaced (checkpoints are replaced by rename, never rewritten)."""
-    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        try:
-            os.link(source, tmp)
-        except OSError:  # a filesystem without hard links
-            shutil.copyfile(source, tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise

@@ -32,6 +32,7 @@ class Settings(BaseSettings):
     lease_seconds: float = Field(60.0, gt=0)  # a trial not heartbeaten for this long is re-queued
     heartbeat_seconds: float = Field(10.0, gt=0)  # how often a worker renews its lease
     poll_seconds: float = Field(1.0, gt=0)  # idle worker's sleep between claims
+    worker_memory_limit_mb: int | None = Field(None, ge=64)  # RLIMIT_DATA of a worker: OOM fails the trial
 
     # serving
     api_key: str | None = None  # when set, Bearer auth on everything but /healthz and /readyz

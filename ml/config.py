@@ -14,6 +14,10 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 MAX_TRIALS = 1000  # a sweep larger than this is refused (422)
+# Upper bounds of the size fields, so no request can ask for an absurd allocation: CIFAR-10 has
+# 50,000 training images, and a batch of 4096 already needs ~30 GB of activations for one step.
+MAX_IMAGES = 50_000
+MAX_BATCH_SIZE = 4096
 CompileMode = Literal["default", "reduce-overhead", "max-autotune-no-cudagraphs", "max-autotune"]
 
 
@@ -41,7 +45,7 @@ class TrainConfig(Strict):
     norm: Literal["batch", "group"] = "batch"
     # --- optimisation ---
     epochs: Annotated[int, Field(ge=1, le=1000)] = 40
-    batch_size: Annotated[int, Field(ge=1, le=8192)] = 512  # global batch, never x n_gpus
+    batch_size: Annotated[int, Field(ge=1, le=MAX_BATCH_SIZE)] = 512  # global batch, never x n_gpus
     optimizer: Literal["sgd", "adamw"] = "sgd"
     lr: Annotated[float, Field(gt=0, le=10)] = 0.4  # peak lr (0.1 per 128 images, scaled)
     momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
@@ -92,8 +96,8 @@ REPORT_RECIPE: dict[str, Any] = {
 
 class DataConfig(Strict):
     dataset: Literal["cifar10"] = "cifar10"
-    val_size: Annotated[int, Field(ge=1)] = 5000  # held out of train, stratified and seeded
-    train_limit: Annotated[int, Field(ge=1)] | None = None  # stratified subset of train
+    val_size: Annotated[int, Field(ge=1, le=MAX_IMAGES)] = 5000  # held out of train, stratified and seeded
+    train_limit: Annotated[int, Field(ge=1, le=MAX_IMAGES)] | None = None  # stratified subset of train
 
 
 class RangeSpec(Strict):
@@ -130,7 +134,7 @@ class SearchSpec(Strict):
     strategy: Literal["grid", "random", "tpe", "cmaes"] = "grid"
     space: dict[str, SpaceValue] = Field(default_factory=dict)  # keys are TrainConfig fields
     trials: Annotated[int, Field(ge=1, le=MAX_TRIALS)] | None = None  # points to try; not for grid
-    seed: Annotated[int, Field(ge=0)] = 0  # of the random, TPE and CMA-ES samplers
+    seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = 0  # of the random, TPE and CMA-ES samplers
     # Runs per point, with train.seed, seed + 1, ...: a point's mean and spread show its noise.
     repeats: Annotated[int, Field(ge=1, le=20)] = 1
 
@@ -166,5 +170,5 @@ class SearchSpec(Strict):
 
 class EarlyStoppingSpec(Strict):
     strategy: Literal["none", "asha", "median"] = "none"
-    min_epochs: Annotated[int, Field(ge=1)] = 1  # first rung (asha) / grace period (median)
+    min_epochs: Annotated[int, Field(ge=1, le=1000)] = 1  # first rung (asha) / grace period (median)
     reduction_factor: Annotated[int, Field(ge=2, le=100)] = 3  # asha's eta

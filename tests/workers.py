@@ -57,17 +57,25 @@ def tiny_spec(
 
 def worker_env(settings: Settings) -> dict[str, str]:
     """The environment of a worker (or `sweepserve serve`) process with these settings."""
-    return os.environ | {
-        "PYTHONPATH": str(REPO),
-        "OMP_NUM_THREADS": "1",
-        "SWEEPSERVE_DATABASE_URL": settings.database_url,
-        "SWEEPSERVE_ARTIFACTS_DIR": str(settings.artifacts_dir),
-        "SWEEPSERVE_DATA_DIR": str(settings.data_dir),
-        "SWEEPSERVE_ALLOW_DOWNLOAD": "false",
-        "SWEEPSERVE_LEASE_SECONDS": str(settings.lease_seconds),
-        "SWEEPSERVE_HEARTBEAT_SECONDS": str(settings.heartbeat_seconds),
-        "SWEEPSERVE_POLL_SECONDS": str(settings.poll_seconds),
-    }
+    return (
+        os.environ
+        | {
+            "PYTHONPATH": str(REPO),
+            "OMP_NUM_THREADS": "1",
+            "SWEEPSERVE_DATABASE_URL": settings.database_url,
+            "SWEEPSERVE_ARTIFACTS_DIR": str(settings.artifacts_dir),
+            "SWEEPSERVE_DATA_DIR": str(settings.data_dir),
+            "SWEEPSERVE_ALLOW_DOWNLOAD": "false",
+            "SWEEPSERVE_LEASE_SECONDS": str(settings.lease_seconds),
+            "SWEEPSERVE_HEARTBEAT_SECONDS": str(settings.heartbeat_seconds),
+            "SWEEPSERVE_POLL_SECONDS": str(settings.poll_seconds),
+        }
+        | (
+            {"SWEEPSERVE_WORKER_MEMORY_LIMIT_MB": str(settings.worker_memory_limit_mb)}
+            if settings.worker_memory_limit_mb
+            else {}
+        )
+    )
 
 
 def start_process(settings: Settings, log_file: Path, *argv: str) -> subprocess.Popen[bytes]:

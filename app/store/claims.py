@@ -306,13 +306,14 @@ def finish_trial(session: Session, claim: Claim, outcome: Outcome) -> TrialStatu
     return outcome.status
 
 
-def fail_trial(session: Session, claim: Claim, error: str) -> TrialStatus:
+def fail_trial(session: Session, claim: Claim, error: str, *, retry: bool = True) -> TrialStatus:
     """The attempt raised: re-queue the trial while attempts are left, else fail it (a requested
-    cancel wins). Returns the new status; the job goes on with its other trials."""
+    cancel wins); `retry=False` fails it at once (an out-of-memory would only recur). Returns the
+    new status; the job goes on with its other trials."""
     current = _lock_held(session, claim, TrialStatus.FAILED)
     if current.cancel_requested:
         status, values = TrialStatus.CANCELLED, {"finished_at": func.now()}
-    elif current.failures < current.max_attempts:
+    elif retry and current.failures < current.max_attempts:
         status, values = TrialStatus.QUEUED, {"worker_id": None, "lease_expires_at": None}
     else:
         status, values = TrialStatus.FAILED, {"finished_at": func.now()}

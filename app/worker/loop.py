@@ -52,6 +52,7 @@ from app.store.tables import Trial
 from app.store.workers import register_worker, unregister_worker
 from app.worker.hooks import WorkerHooks
 from app.worker.lease import LeaseKeeper, Watch
+from app.worker.memory import apply_memory_limit, is_out_of_memory, out_of_memory_error, release_memory
 from app.worker.retry import DB_UNAVAILABLE, describe_error, first_line, retry_db
 from ml.config import TrainConfig
 from ml.data import Dataset, load_dataset, make_splits
@@ -72,6 +73,7 @@ class WriteBack:
 
     statement: Callable[[Session], TrialStatus]
     pause: bool = False  # an ASHA pause: the trial goes back to the queue, not a failure
+    release: bool = False  # an out-of-memory: free what the failed step held before going on
 
 
 def make_worker_id() -> str:
@@ -140,6 +142,8 @@ class WorkerLoop:
         paused = False
         try:
             write_back = self._train(watch)
+            if write_back is not None and write_back.release:
+                release_memory()  # out of the except block: the traceback no longer pins the tensors
             if write_back is not None:
                 status = self.in_transaction(write_back.statement, "write back")
                 paused = write_back.pause and status is TrialStatus.QUEUED  # a cancel may have won
@@ -169,15 +173,18 @@ class WorkerLoop:
             if self.stop.is_set() or watch.lost.is_set():
                 log.warning("trial interrupted: %s", describe_error(exc))
                 return None
-            error = describe_error(exc)
             log.exception("attempt %d failed", claim.attempt)
+            error, retry = describe_error(exc), True
+            if is_out_of_memory(exc):  # the same batch on the same worker would only fail again
+                device = "GPU" if self.gpus != [] and torch.cuda.is_available() else "CPU"
+                error, retry = out_of_memory_error(claim.config["batch_size"], device), False
 
             def record_failure(session: Session) -> TrialStatus:
-                status = fail_trial(session, claim, error)
+                status = fail_trial(session, claim, error, retry=retry)
                 log.info("trial is now %s", status)
                 return status
 
-            return WriteBack(record_failure)
+            return WriteBack(record_failure, release=not retry)
         if result.status is TrialStatus.QUEUED:
             log.info("trial paused after epoch %d, to wait for the others", len(result.history))
             history = [m.as_dict() for m in result.history]
@@ -261,6 +268,7 @@ def run_worker(
             settings.heartbeat_seconds,
             settings.lease_seconds,
         )
+    apply_memory_limit(settings.worker_memory_limit_mb)
     with _stop_on_signals(stop):
         retry_db(lambda: upgrade_to_head(settings.database_url), "migrate", stop)
         engine = make_engine(settings.database_url)

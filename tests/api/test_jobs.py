@@ -109,6 +109,11 @@ def test_an_empty_body_is_a_job_with_every_default(client: TestClient) -> None:
         ({"train": {"lr": -0.1}}, "train.lr", "greater than 0"),
         ({"train": {"epochs": 0}}, "train.epochs", "greater than or equal to 1"),
         ({"data": {"val_size": 0}}, "data.val_size", "greater than or equal to 1"),
+        # Sizes that could take a worker down (or overflow) are refused before they reach one.
+        ({"train": {"batch_size": 8192}}, "train.batch_size", "less than or equal to 4096"),
+        ({"data": {"val_size": 10**30}}, "data.val_size", "less than or equal to 50000"),
+        ({"data": {"train_limit": 10**30}}, "data.train_limit", "less than or equal to 50000"),
+        ({"early_stopping": {"strategy": "asha", "min_epochs": 10**9}}, "early_stopping.min_epochs", "1000"),
         ({"search": {"space": {"colour": ["red"]}}}, "search", "search.space keys must be train fields"),
         ({"search": {"space": {"lr": [0.1, 0.2], "seed": list(range(501))}}}, "body", "1002 points"),
         ({"search": {"space": {"lr": [0.1, 11.0]}}}, "body", "lr"),

@@ -80,6 +80,8 @@ class TrialResult:
     test_accuracy: float | None  # evaluated once, with best.pt's weights; None when cancelled or paused
     best_checkpoint: Path | None
     environment: dict[str, Any] = field(default_factory=dict)
+    val_images: int = 0  # what the accuracies were measured on: their intervals need it
+    test_images: int = 0
 
 
 @dataclass
@@ -289,6 +291,8 @@ def _result(
         test_accuracy,
         best_path,
         environment,
+        val_images=len(setup.val_y),
+        test_images=len(setup.test_y) if test_accuracy is not None else 0,
     )
 
 

@@ -79,6 +79,8 @@ class Outcome:
     test_accuracy: float | None
     environment: dict[str, Any] | None
     model_path: str | None  # best.pt relative to the artifacts directory; needed when succeeded
+    val_images: int | None = None  # the accuracies were measured on (for their intervals)
+    test_images: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "status", TrialStatus(self.status))  # "succeeded" -> the member
@@ -288,6 +290,7 @@ def finish_trial(session: Session, claim: Claim, outcome: Outcome) -> TrialStatu
         test_accuracy=outcome.test_accuracy,
         environment=outcome.environment,
         finished_at=func.now(),
+        **_image_counts(outcome),
     )
     if outcome.status is TrialStatus.SUCCEEDED:
         session.add(
@@ -304,6 +307,11 @@ def finish_trial(session: Session, claim: Claim, outcome: Outcome) -> TrialStatu
     session.flush()
     refresh_job_status(session, claim.job_id)
     return outcome.status
+
+
+def _image_counts(outcome: Outcome) -> dict[str, int]:
+    counts = {"val_images": outcome.val_images, "test_images": outcome.test_images}
+    return {name: n for name, n in counts.items() if n}  # a cancel knows none: keep what is stored
 
 
 def fail_trial(session: Session, claim: Claim, error: str, *, retry: bool = True) -> TrialStatus:

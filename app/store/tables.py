@@ -111,8 +111,9 @@ class Trial(Base):
 
     @property
     def val_interval(self) -> tuple[float, float] | None:
-        """95 % interval of val_accuracy (Wilson), once both it and its image count are known."""
-        return _interval(self.val_accuracy, self.val_images)
+        """95 % interval of val_accuracy (Wilson). Until the worker reports how many images it
+        validated on (when the trial ends), the job's `data.val_size` stands in."""
+        return _interval(self.val_accuracy, self.val_images or self.job.spec["data"]["val_size"])
 
     @property
     def test_interval(self) -> tuple[float, float] | None:

@@ -240,6 +240,8 @@ class WorkerLoop:
             test_accuracy=result.test_accuracy,
             environment=result.environment,
             model_path=model_path,
+            val_images=result.val_images,
+            test_images=result.test_images,
         )
 
     def _unregister(self) -> None:

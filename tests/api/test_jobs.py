@@ -250,6 +250,7 @@ def test_best_is_the_highest_val_accuracy_with_its_model(
     assert listed["best_val_accuracy"] == 0.74
     assert best == {
         "trial_id": job["trials"][1]["id"],
+        "point": 1,
         "params": {"lr": 0.1},
         "val_accuracy": 0.74,
         "test_accuracy": None,
@@ -489,3 +490,76 @@ def test_openapi_documents_jobspec_as_the_body_with_the_example(client: TestClie
     assert "application/problem+json" in post["responses"]["422"]["content"]
     statuses = schema["components"]["schemas"]["TrialOut"]["properties"]["status"]["enum"]
     assert statuses == list(TrialStatus)
+
+
+def finished_with(val: float) -> dict[str, Any]:
+    counts = {"val_images": 5000, "test_images": 10000}
+    return {
+        "status": "succeeded",
+        "val_accuracy": val,
+        "test_accuracy": val - 0.01,
+        **counts,
+        "epochs_done": 1,
+    }
+
+
+def test_repeats_report_mean_and_std_per_point_and_best_is_chosen_on_the_mean(
+    client: TestClient, sessions: sessionmaker[Session]
+) -> None:
+    body = {"search": {"space": {"lr": [0.1, 0.2]}, "repeats": 3}, "train": {"epochs": 1}}
+    job = submit(client, body)
+    assert [(t["point"], t["params"]["lr"]) for t in job["trials"]] == [(0, 0.1)] * 3 + [(1, 0.2)] * 3
+    # Point 1 has the single highest run (0.95) but point 0 the higher mean (0.90 vs 0.80).
+    vals = [0.89, 0.90, 0.91, 0.95, 0.70, 0.75]
+    set_trials(
+        sessions,
+        job["id"],
+        {i: finished_with(v) for i, v in enumerate(vals)},
+    )
+    out = client.get(f"/jobs/{job['id']}").json()
+    first, second = out["points"]
+    assert first["val_mean"] == pytest.approx(0.90) and first["val_std"] == pytest.approx(0.01)
+    assert first["test_mean"] == pytest.approx(0.89) and first["succeeded"] == 3
+    assert second["val_mean"] == pytest.approx(0.80) and second["val_std"] == pytest.approx(
+        0.1322876, rel=1e-5
+    )
+    assert out["best"]["point"] == 0 and out["best"]["trial_id"] == job["trials"][2]["id"]  # its best repeat
+    low, high = first["val_interval"]
+    assert low < 0.90 < high and high - low > 2 * 1.96 * 0.01 / 3**0.5  # wider than the seed noise alone
+    assert first["tied_with_best"] is True
+    assert second["tied_with_best"] is True  # 0.80 +- 0.15 reaches the best's interval
+
+
+def test_every_accuracy_carries_its_interval_and_the_tie_group_is_marked(
+    client: TestClient, sessions: sessionmaker[Session]
+) -> None:
+    job = submit(client, {"search": {"space": {"lr": [0.1, 0.2, 0.3]}}, "train": {"epochs": 1}})
+    set_trials(
+        sessions,
+        job["id"],
+        {
+            0: finished_with(0.900),
+            1: finished_with(0.895),
+            2: {"status": "running", "val_accuracy": 0.80},  # no count yet: data.val_size stands in
+        },
+    )
+    trials = client.get(f"/jobs/{job['id']}").json()["trials"]
+    best, _close, behind = trials
+    low, high = best["val_interval"]
+    assert low == pytest.approx(0.8915, abs=5e-4) and high == pytest.approx(0.9079, abs=5e-4)  # +-0.8 points
+    assert best["test_interval"][1] - best["test_interval"][0] < high - low  # 10,000 images: narrower
+    assert behind["val_interval"] is not None and behind["test_interval"] is None
+    assert [t["tied_with_best"] for t in trials] == [True, True, False]
+    detail = client.get(f"/jobs/{job['id']}/trials/{best['id']}").json()
+    assert detail["val_interval"] == best["val_interval"]
+
+
+def test_an_adaptive_job_starts_with_no_trials_and_a_target(client: TestClient) -> None:
+    space = {"lr": {"low": 1e-3, "high": 1.0, "log": True}}
+    job = submit(
+        client, {"search": {"strategy": "tpe", "space": space, "trials": 12}, "train": {"epochs": 1}}
+    )
+    assert job["trials"] == [] and job["points"] == [] and job["status"] == "queued"
+    assert job["spec"]["search"]["strategy"] == "tpe"
+    bad = client.post("/jobs", json={"search": {"strategy": "tpe", "space": space}})
+    assert "needs trials" in assert_problem(bad, 422)["errors"][0]["message"]

@@ -17,7 +17,6 @@ from app.api.schemas.jobs import (
     JobOut,
     JobPage,
     JobStatusValue,
-    best_trial,
     job_out,
     job_summary,
 )
@@ -31,6 +30,7 @@ from app.store.jobs import (
     submit_job,
     trial_counts,
 )
+from app.store.points import best_point, best_trial_of, job_points
 from ml.job import JobSpec
 
 CURSOR_PREFIX = b"jobs:"
@@ -146,6 +146,8 @@ def _submit(session: Session, spec: JobSpec, idempotency_key: str | None) -> int
 def _job_out(session: Session, job_id: int) -> JobOut:
     session.expire_all()  # a commit or a bulk update (cancel) may have left loaded rows stale
     job = get_job(session, job_id)
-    best = best_trial(job.trials)
+    points = job_points(job.trials)
+    top = best_point(points)
+    best = None if top is None else best_trial_of(top)
     model_id = None if best is None else model_of_trial(session, best.id)
-    return job_out(job, trial_counts(session, job_id), best, model_id)
+    return job_out(job, trial_counts(session, job_id), points, best, model_id)

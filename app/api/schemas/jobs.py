@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from app.store.points import Point
 from app.store.tables import Job, Trial
 from ml.status import JobStatus, TrialStatus
 
@@ -51,15 +52,27 @@ class OrmSchema(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
 
+Interval = Annotated[
+    tuple[float, float],
+    Field(description="95 % interval [low, high] (Wilson, from the number of images it was measured on)"),
+]
+
+
 class TrialOut(OrmSchema):
     id: int
-    index: int = Field(description="position in the job's search space, from 0")
+    index: int = Field(description="position in the job, from 0")
+    point: int = Field(description="the point of the space it runs; the repeats of a point share it")
     params: dict[str, Any] = Field(description="the swept train fields of this trial")
     status: TrialStatusValue
     epoch: int = Field(validation_alias="epochs_done", description="completed epochs")
     epochs: int
     val_accuracy: Fraction | None = Field(description="best validation accuracy so far")
     test_accuracy: Fraction | None = Field(description="test accuracy at the best epoch")
+    val_interval: Interval | None
+    test_interval: Interval | None
+    tied_with_best: bool = Field(
+        False, description="its point's validation interval overlaps the best point's: not distinguishable"
+    )
     train_loss: float | None = Field(description="the last epoch's")
     attempts: int = Field(description="times a worker claimed it")
     pauses: int = Field(
@@ -86,8 +99,26 @@ class TrialDetail(TrialOut):
     history: list[EpochOut] = Field(description="one row per completed epoch, in order")
 
 
+class PointOut(BaseModel):
+    point: int
+    params: dict[str, Any]
+    trial_ids: list[int] = Field(description="its repeats (one per train.seed), in index order")
+    succeeded: int = Field(description="repeats that trained to the end")
+    val_mean: Fraction | None = Field(description="mean validation accuracy of its repeats")
+    val_std: float | None = Field(description="standard deviation over repeats; null with fewer than 2")
+    test_mean: Fraction | None
+    test_std: float | None
+    val_interval: Interval | None = Field(
+        description="95 %: the Wilson half-width and the repeats' standard error, in quadrature"
+    )
+    tied_with_best: bool
+
+
 class BestTrial(BaseModel):
     trial_id: int
+    point: int = Field(
+        description="the best point (highest mean validation accuracy); this is its best repeat"
+    )
     params: dict[str, Any]
     val_accuracy: Fraction
     test_accuracy: Fraction | None
@@ -108,7 +139,12 @@ class JobSummary(OrmSchema):
 
 class JobOut(JobSummary):
     spec: dict[str, Any] = Field(description="the normalised JobSpec, defaults filled in")
-    best: BestTrial | None = Field(description="the trial with the highest val_accuracy, if any")
+    best: BestTrial | None = Field(
+        description="the best repeat of the point with the highest mean val_accuracy, if any"
+    )
+    points: list[PointOut] = Field(
+        description="the trials grouped by point of the space, with mean and spread"
+    )
     trials: list[TrialOut]
 
 
@@ -122,28 +158,44 @@ def progress(counts: dict[str, int]) -> dict[str, int]:
     return {status: counts.get(status, 0) for status in TrialStatus}
 
 
-def best_trial(trials: Sequence[Trial]) -> Trial | None:
-    """Highest val_accuracy; on a tie the trial earliest in the search space."""
-    scored = [t for t in trials if t.val_accuracy is not None]
-    return max(scored, key=lambda t: (t.val_accuracy, -t.index), default=None)
-
-
 def job_summary(job: Job, counts: dict[str, int], best_val_accuracy: float | None) -> JobSummary:
     return JobSummary.model_validate(
         {**_columns(job), "progress": progress(counts), "best_val_accuracy": best_val_accuracy}
     )
 
 
-def job_out(job: Job, counts: dict[str, int], best: Trial | None, best_model_id: int | None) -> JobOut:
+def job_out(
+    job: Job, counts: dict[str, int], points: Sequence[Point], best: Trial | None, model_id: int | None
+) -> JobOut:
+    tied = {t.id for p in points if p.tied_with_best for t in p.trials}
     return JobOut.model_validate(
         {
             **_columns(job),
             "progress": progress(counts),
             "best_val_accuracy": None if best is None else best.val_accuracy,
             "spec": job.spec,
-            "best": None if best is None else _best(best, best_model_id),
-            "trials": [TrialOut.model_validate(t) for t in job.trials],
+            "best": None if best is None else _best(best, model_id),
+            "points": [_point(p) for p in points],
+            "trials": [
+                TrialOut.model_validate(t).model_copy(update={"tied_with_best": t.id in tied})
+                for t in job.trials
+            ],
         }
+    )
+
+
+def _point(point: Point) -> PointOut:
+    return PointOut(
+        point=point.point,
+        params=point.params,
+        trial_ids=[t.id for t in point.trials],
+        succeeded=point.finished,
+        val_mean=point.val_mean,
+        val_std=point.val_std,
+        test_mean=point.test_mean,
+        test_std=point.test_std,
+        val_interval=point.val_interval,
+        tied_with_best=point.tied_with_best,
     )
 
 
@@ -155,8 +207,9 @@ def _columns(job: Job) -> dict[str, Any]:
 def _best(trial: Trial, model_id: int | None) -> BestTrial:
     return BestTrial(
         trial_id=trial.id,
+        point=trial.point,
         params=trial.params,
-        val_accuracy=trial.val_accuracy,  # type: ignore[arg-type]  # best_trial skips None
+        val_accuracy=trial.val_accuracy,  # type: ignore[arg-type]  # best_trial_of skips None
         test_accuracy=trial.test_accuracy,
         epoch=trial.best_epoch,
         model_id=model_id,

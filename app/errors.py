@@ -38,6 +38,18 @@ class InvalidTransition(Conflict):
     """A trial status change that `ml.status.TRIAL_TRANSITIONS` does not allow."""
 
 
+class Unprocessable(ServiceError, ValueError):
+    """The body is well formed but its content cannot be used (a bad point, too many epochs)."""
+
+    status, title = 422, "Invalid request"
+
+
+class Gone(ServiceError):
+    """The row is still there but what the request needs was deleted on purpose (retention)."""
+
+    status, title = 410, "Gone"
+
+
 class IdempotencyMismatch(ServiceError, ValueError):
     """An Idempotency-Key was reused with a different body."""
 

@@ -44,10 +44,45 @@ def build_optimizer(net: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int) -> LambdaLR:
-    """Stepped once per batch. A plain function as the lambda keeps the state dict free of code."""
-    total = cfg.epochs * steps_per_epoch
-    factor = lr_factor(cfg.schedule, round(cfg.warmup_fraction * total), total)
-    return LambdaLR(optimizer, factor)
+    """Stepped once per batch. The lambda is a `LaidSchedule`: its attributes are plain data, which
+    LambdaLR saves in its state dict (no code), so a resumed run keeps its extensions."""
+    return LambdaLR(optimizer, LaidSchedule(cfg.schedule, cfg.warmup_fraction, steps_per_epoch, cfg.epochs))
+
+
+class LaidSchedule:
+    """The multiplier of the peak lr at each step, laid out in legs of epochs [start, end).
+
+    The first leg is `lr_factor` over the run as planned. Each later leg is an extension (see
+    ml.extension): the run continued from epoch `start` to `end` gets a fresh warm-up (the same
+    fraction of the new steps) up to the lr that a run planned for `end` epochs from the start
+    would have at `start`, then the schedule's fall to ~0 at its new last step. Not a restart at
+    the peak: the continued run is the tail of a longer run, after a short re-warm.
+    """
+
+    def __init__(self, schedule: str, warmup_fraction: float, steps_per_epoch: int, epochs: int) -> None:
+        self.schedule, self.warmup_fraction, self.steps_per_epoch = schedule, warmup_fraction, steps_per_epoch
+        self.legs: list[list[int]] = [[0, epochs]]  # [start epoch, end epoch]: lists, for the state dict
+
+    @property
+    def epochs(self) -> int:
+        return self.legs[-1][1]
+
+    def extend(self, done_epochs: int, epochs: int) -> None:
+        """Lay a new leg: from `done_epochs` (completed) to `epochs` in all."""
+        if not done_epochs < epochs:
+            raise ValueError(f"an extension needs more epochs than the {done_epochs} done, not {epochs}")
+        self.legs.append([done_epochs, epochs])
+
+    def __call__(self, step: int) -> float:
+        start, end = next(leg for leg in reversed(self.legs) if leg[0] * self.steps_per_epoch <= step)
+        first, total = start * self.steps_per_epoch, end * self.steps_per_epoch
+        planned = self._factor(total)
+        if start == 0:
+            return planned(step)
+        return planned(first) * self._factor(total - first)(step - first)
+
+    def _factor(self, total: int) -> Callable[[int], float]:
+        return lr_factor(self.schedule, round(self.warmup_fraction * total), max(total, 1))
 
 
 def lr_factor(schedule: str, warmup_steps: int, total_steps: int) -> Callable[[int], float]:

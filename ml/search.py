@@ -101,3 +101,23 @@ def _apply(base: TrainConfig, params: dict[str, Any]) -> TrainConfig:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "train"
         raise ValueError(f"search point {params} is invalid: {where}: {first['msg']}") from None
+
+
+def added_point(
+    search: SearchSpec, train: TrainConfig, params: dict[str, Any], point: int, first_index: int
+) -> list[TrialPoint]:
+    """The trials of a point a user adds to a job (POST /jobs/{id}/trials), `search.repeats` of
+    them: its keys must be train fields, a value of a ranged key must lie in its range, and the
+    config must validate. ValueError names what is wrong."""
+    if not params:
+        raise ValueError("a point needs at least one train field")
+    unknown = sorted(set(params) - set(TrainConfig.model_fields))
+    if unknown:
+        raise ValueError(f"point {params}: not train fields: {', '.join(unknown)}")
+    for key, value in params.items():
+        allowed = search.space.get(key)
+        if isinstance(allowed, RangeSpec) and not (
+            isinstance(value, int | float) and allowed.low <= value <= allowed.high
+        ):
+            raise ValueError(f"point {params}: {key} must lie in [{allowed.low}, {allowed.high}]")
+    return repeats_of(point, first_index, params, train, search.repeats)

@@ -10,7 +10,7 @@ Trial status:
                resumes from its last.pt once the job's other trials have reached that rung
     running    claimed by a worker for one attempt, under a lease
     succeeded  trained all epochs
-    failed     raised, or lost its lease, `max_attempts` times
+    failed     raised, or lost its lease, `max_attempts` times (preemptions by SIGTERM do not count)
     pruned     stopped early by the job's early-stopping rule; keeps curve and checkpoint
     cancelled  cancelled by a user
 
@@ -73,10 +73,12 @@ TRIAL_TRANSITIONS: dict[TrialStatus, tuple[TrialStatus, ...]] = {
         TrialStatus.PRUNED,
         TrialStatus.CANCELLED,
     ),
-    TrialStatus.SUCCEEDED: (),
-    TrialStatus.FAILED: (),
-    TrialStatus.PRUNED: (),
-    TrialStatus.CANCELLED: (),
+    # A user steering the job (app.store.steering): extend a succeeded or pruned trial, retry a
+    # failed or cancelled one.
+    TrialStatus.SUCCEEDED: (TrialStatus.QUEUED,),
+    TrialStatus.FAILED: (TrialStatus.QUEUED,),
+    TrialStatus.PRUNED: (TrialStatus.QUEUED,),
+    TrialStatus.CANCELLED: (TrialStatus.QUEUED,),
 }
 
 

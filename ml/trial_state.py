@@ -16,6 +16,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Protocol, TypeVar
 
+from ml import extension
 from ml.checkpoint import inference_checkpoint, load_checkpoint, save_atomic
 from ml.data import MEAN, STD
 from ml.environment import restore_rng_state, rng_state
@@ -70,14 +71,15 @@ def resume(setup: TrialSetup, out_dir: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
     ckpt = load_checkpoint(path)
-    if ckpt["metadata"]["config"] != setup.cfg.model_dump(mode="json"):
-        raise ValueError(f"{path} was written for another config; remove {out_dir} to start the trial afresh")
+    history = list(ckpt["history"])
+    extension.check_resumable(ckpt["metadata"]["config"], setup.cfg, len(history), path)
     setup.net.load_state_dict(ckpt.get("train_model", ckpt["model"]))
     if setup.ema is not None:
         setup.ema.load_state_dict({"module": ckpt["model"], "updates": ckpt["ema_updates"]})
     setup.optimizer.load_state_dict(ckpt["optimizer"])
     setup.scheduler.load_state_dict(ckpt["scheduler"])
-    history = list(ckpt["history"])
+    if extension.relay(setup.scheduler, len(history), setup.cfg.epochs):
+        log.info("%s: extended from %d to %d epochs; schedule re-laid", path, len(history), setup.cfg.epochs)
     if not restore_rng_state(ckpt["rng"], setup.generator):
         log.warning("%s was written on another device type: augmentation continues from a new seed", path)
         setup.generator.manual_seed(setup.cfg.seed + len(history))

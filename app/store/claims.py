@@ -12,9 +12,11 @@ Trial transitions made by workers (all others are refused, see `ml.status.TRIAL_
                           boundary, or mid-epoch through `renew_lease`); or `fail_trial`/an
                           expired lease when a cancel was requested
     running -> succeeded, pruned   `finish_trial`
+(A user moves finished trials back to queued: `app.store.steering`.)
 Every write-back is guarded by (trial id, worker id, attempt, status running): a worker whose
-lease was taken over gets `LeaseLost` and writes nothing. Failed attempts are `attempts - pauses`:
-a claim that ended in an ASHA pause does not count against `max_attempts`.
+lease was taken over gets `LeaseLost` and writes nothing. Failed attempts are `attempts - pauses -
+preemptions - attempts_forgiven`: a claim that ended in an ASHA pause or a SIGTERM preemption does
+not count against `max_attempts`, nor do the failures before a user's retry.
 
 Claim order: higher job priority first, then older jobs, then, within a job, the trials with the
 fewest completed epochs (breadth first, so a paused trial resumes once the others caught up),
@@ -68,6 +70,7 @@ class Claim:
     lease_seconds: float
     config: dict[str, Any]  # the trial's TrainConfig
     job_spec: dict[str, Any]  # the job's JobSpec
+    extended: bool = False  # a user extended it: early stopping no longer applies
 
 
 @dataclass(frozen=True)
@@ -124,7 +127,7 @@ def claim_trial(session: Session, worker_id: str, lease_seconds: float) -> Claim
             started_at=func.coalesce(Trial.started_at, func.now()),
             error=None,
         )
-        .returning(Trial.id, Trial.job_id, Trial.index, Trial.attempts, Trial.config)
+        .returning(Trial.id, Trial.job_id, Trial.index, Trial.attempts, Trial.config, Trial.extensions)
         .execution_options(synchronize_session=False)
     )
     row = session.execute(claimed).one_or_none()
@@ -132,7 +135,10 @@ def claim_trial(session: Session, worker_id: str, lease_seconds: float) -> Claim
         return None
     refresh_job_status(session, row.job_id)
     job = get_job(session, row.job_id)
-    return Claim(row.id, row.job_id, row.index, row.attempts, worker_id, lease_seconds, row.config, job.spec)
+    return Claim(
+        row.id, row.job_id, row.index, row.attempts, worker_id, lease_seconds, row.config, job.spec,
+        extended=row.extensions > 0,
+    )  # fmt: skip
 
 
 def _ask_if_its_turn(session: Session, now: ColumnElement[float]) -> None:
@@ -170,7 +176,9 @@ def _claimable(trial: type[Trial], job: type[Job], now: ColumnElement[float]) ->
 
 
 def _failures(trial: type[Trial]) -> ColumnElement[int]:
-    return trial.attempts - trial.pauses
+    """Claims that count against max_attempts: not ASHA pauses, not preemptions, not the failures
+    a user's retry forgave."""
+    return trial.attempts - trial.pauses - trial.preemptions - trial.attempts_forgiven
 
 
 def settle_expired_leases(session: Session) -> int:
@@ -293,17 +301,7 @@ def finish_trial(session: Session, claim: Claim, outcome: Outcome) -> TrialStatu
         **_image_counts(outcome),
     )
     if outcome.status is TrialStatus.SUCCEEDED:
-        session.add(
-            RegisteredModel(
-                job_id=claim.job_id,
-                trial_id=claim.trial_id,
-                arch=claim.config["arch"],
-                epoch=row.best_epoch,
-                val_accuracy=row.val_accuracy,
-                test_accuracy=outcome.test_accuracy,
-                path=outcome.model_path,
-            )
-        )
+        _register_model(session, claim, row, outcome)
     session.flush()
     refresh_job_status(session, claim.job_id)
     return outcome.status
@@ -312,6 +310,25 @@ def finish_trial(session: Session, claim: Claim, outcome: Outcome) -> TrialStatu
 def _image_counts(outcome: Outcome) -> dict[str, int]:
     counts = {"val_images": outcome.val_images, "test_images": outcome.test_images}
     return {name: n for name, n in counts.items() if n}  # a cancel knows none: keep what is stored
+
+
+def _register_model(session: Session, claim: Claim, row: Any, outcome: Outcome) -> None:
+    """Register the trial's best.pt; an extended trial updates its model in place (same id, so a
+    promotion or an alias of it follows the better weights)."""
+    values = {
+        "arch": claim.config["arch"],
+        "epoch": row.best_epoch,
+        "val_accuracy": row.val_accuracy,
+        "test_accuracy": outcome.test_accuracy,
+        "path": outcome.model_path,
+        "archived_at": None,
+    }
+    model = session.scalar(select(RegisteredModel).where(RegisteredModel.trial_id == claim.trial_id))
+    if model is None:
+        session.add(RegisteredModel(job_id=claim.job_id, trial_id=claim.trial_id, **values))
+    else:
+        for name, value in values.items():
+            setattr(model, name, value)
 
 
 def fail_trial(session: Session, claim: Claim, error: str, *, retry: bool = True) -> TrialStatus:

@@ -66,6 +66,7 @@ class Job(Base):
     # tpe/cmaes: how many trials the job will have (points x repeats); its trials are created one
     # point at a time as workers can take them. None for grid and random jobs (all created at once).
     trials_target: Mapped[int | None]
+    max_concurrent_trials: Mapped[int | None]  # the spec's, for the claim statement; None = unlimited
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
@@ -96,6 +97,9 @@ class Trial(Base):
     train_loss: Mapped[float | None] = mapped_column(Float)  # last epoch's
     attempts: Mapped[int] = mapped_column(default=0)  # claims so far
     pauses: Mapped[int] = mapped_column(default=0, server_default="0")  # claims ended by an ASHA pause
+    preemptions: Mapped[int] = mapped_column(default=0, server_default="0")  # claims ended by SIGTERM
+    attempts_forgiven: Mapped[int] = mapped_column(default=0, server_default="0")  # failures before a retry
+    extensions: Mapped[int] = mapped_column(default=0, server_default="0")  # POST /jobs/{id}/extend
     max_attempts: Mapped[int] = mapped_column(default=3)
     error: Mapped[str | None] = mapped_column(Text)
     worker_id: Mapped[str | None] = mapped_column(String(128))
@@ -106,6 +110,7 @@ class Trial(Base):
     test_images: Mapped[int | None]
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
+    archived_at: Mapped[datetime | None]  # retention deleted its checkpoints: it cannot continue
 
     job: Mapped[Job] = relationship(back_populates="trials")
 
@@ -161,6 +166,7 @@ class RegisteredModel(Base):
     path: Mapped[str] = mapped_column(Text)  # relative to the artifacts directory
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
     promoted_at: Mapped[datetime | None]  # a user's promotion overrides "highest val_accuracy"
+    archived_at: Mapped[datetime | None]  # retention deleted its weights; row and metrics stay
 
 
 class ModelAlias(Base):

@@ -42,11 +42,12 @@ def decide(
     PRUNE, or (ASHA) PAUSE while other trials of the job have still to reach this epoch.
 
     Runs inside the epoch's guarded transaction and reads the job's other trials in one query.
-    A trial that has just trained its last epoch is finished, never pruned. `may_wait` is False
+    A trial that has just trained its last epoch is finished, never pruned; one a user extended is
+    trained to the end (the user chose it over the rule). `may_wait` is False
     when the trial resumes from a pause: it has waited at this rung once already.
     """
     max_epochs = int(claim.config["epochs"])
-    if rule.strategy == "none" or len(history) >= max_epochs:
+    if rule.strategy == "none" or len(history) >= max_epochs or claim.extended:
         return Decision.CONTINUE
     others = siblings(session, claim)
     waiting_for = may_wait and any(s.still_to_reach(len(history)) for s in others)

@@ -20,6 +20,7 @@ from app.api.schemas.jobs import (
     job_out,
     job_summary,
 )
+from app.api.schemas.steering import ExtendIn
 from app.store.artifacts import job_key
 from app.store.jobs import (
     cancel_job,
@@ -31,6 +32,7 @@ from app.store.jobs import (
     trial_counts,
 )
 from app.store.points import best_point, best_trial_of, job_points
+from app.store.steering import extend_trials
 from ml.job import JobSpec
 
 CURSOR_PREFIX = b"jobs:"
@@ -109,6 +111,19 @@ def read_job(job_id: JobId, session: SessionDep) -> JobOut:
 )
 def cancel(job_id: JobId, session: SessionDep) -> JobOut:
     cancel_job(session, job_id)
+    session.commit()
+    return _job_out(session, job_id)
+
+
+@router.post(
+    "/{job_id}/extend",
+    status_code=202,
+    response_model=JobOut,
+    responses=problem_responses(404, 409, 422),
+    summary="Train the best (or chosen) finished trials on to more epochs, from their checkpoints",
+)
+def extend(job_id: JobId, body: ExtendIn, session: SessionDep, store: StoreDep) -> JobOut:
+    extend_trials(session, job_id, body.epochs, store.work_root, top_k=body.top_k, trial_ids=body.trial_ids)
     session.commit()
     return _job_out(session, job_id)
 

@@ -79,9 +79,14 @@ class TrialOut(OrmSchema):
         description="claims that ended with an ASHA pause at a rung, waiting for the other trials "
         "(they do not count against max_attempts)"
     )
+    preemptions: int = Field(
+        description="claims that ended because the worker was stopped (SIGTERM); not failed attempts"
+    )
+    extensions: int = Field(description="times a user extended it to more epochs")
     error: str | None
     started_at: UtcDatetime | None
     finished_at: UtcDatetime | None
+    archived_at: UtcDatetime | None = Field(description="when retention deleted its checkpoints")
 
 
 class EpochOut(OrmSchema):

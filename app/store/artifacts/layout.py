@@ -86,3 +86,24 @@ def discard_superseded(trial_path: Path) -> list[int]:
 def _complete_attempts(trial_path: Path) -> list[int]:
     """Attempts whose folder holds a last.pt, i.e. that a later attempt can resume from."""
     return [n for n, path in attempts_on_disk(trial_path).items() if (path / LAST).is_file()]
+
+
+def resume_point(trial_path: Path) -> Path | None:
+    """The newest attempt folder a continued trial would start from (one holding a last.pt), or
+    None when there is nothing to continue from."""
+    complete = _complete_attempts(trial_path)
+    return attempt_dir(trial_path, max(complete)) if complete else None
+
+
+def keep_model_file(artifacts_dir: Path, model_path: str) -> str:
+    """Give a registered model's best.pt a name of its own outside the attempt folders, which a
+    continued trial supersedes and deletes: `<trial>/model-<attempt>.pt`, a hard link (or copy).
+    Returns the new path relative to `artifacts_dir`; a path outside an attempt folder is kept."""
+    source = Path(artifacts_dir) / model_path
+    attempt = source.parent.name
+    if not attempt.startswith(ATTEMPT_PREFIX):
+        return model_path
+    target = source.parent.parent / f"model-{attempt.removeprefix(ATTEMPT_PREFIX)}.pt"
+    if not target.is_file():
+        link_or_copy(source, target)
+    return target.relative_to(artifacts_dir).as_posix()

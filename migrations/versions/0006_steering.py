@@ -31,10 +31,8 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("jobs") as batch:
-        batch.drop_column("max_concurrent_trials")
-    with op.batch_alter_table("models") as batch:
-        batch.drop_column("archived_at")
-    with op.batch_alter_table("trials") as batch:
-        for name in (*COUNTERS, "archived_at"):
-            batch.drop_column(name)
+    # Plain DROP COLUMNs (SQLite >= 3.35): a batch table copy would lose 0005's AUTOINCREMENT.
+    op.drop_column("jobs", "max_concurrent_trials")
+    op.drop_column("models", "archived_at")
+    for name in (*COUNTERS, "archived_at"):
+        op.drop_column("trials", name)

@@ -7,7 +7,22 @@ lower layers never import the API to say "not found".
 
 from __future__ import annotations
 
+import os
+import re
 from typing import Any, ClassVar
+
+# An absolute path of two or more components, not inside a URL (`http://host/a/b`) and not one of
+# the API's own routes (`/jobs/1/trials/2`), which answers may name.
+_API_ROOTS = ("jobs", "models", "predict", "v2", "ui", "static", "metrics", "readyz", "healthz", "docs")
+_ABSOLUTE_PATH = re.compile(
+    r"(?<![\w:/.~-])/(?!(?:" + "|".join(_API_ROOTS) + r")\b)[\w.@+~-]+(?:/[\w.@+~-]*)+"
+)
+
+
+def redact_paths(text: str) -> str:
+    """`text` with every absolute filesystem path cut to its last component (`/srv/x/ml/data.py:86`
+    becomes `data.py:86`): what an HTTP answer may say. Logs keep the full paths."""
+    return _ABSOLUTE_PATH.sub(lambda m: os.path.basename(m.group().rstrip("/")) or "<path>", text)
 
 
 class ServiceError(Exception):
@@ -96,6 +111,10 @@ class ImageRejected(ServiceError, ValueError):
     def __init__(self, index: int, status: int, reason: str) -> None:
         super().__init__(f"image {index}: {reason}", index=index)
         self.index, self.status, self.reason = index, status, reason  # type: ignore[misc]
+
+
+class DamagedCheckpoint(Conflict):
+    """A registered model's checkpoint file cannot be read (truncated, overwritten, not ours)."""
 
 
 class ExportUnavailable(ServiceError):

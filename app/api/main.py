@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from app.api.auth import protected
+from app.api.auth import install_key_check, protected
 from app.api.limits import install_body_limit
 from app.api.problems import install_problem_handlers
 from app.api.routes import health, jobs, metrics, models, pages, predict, studies, trials
@@ -44,14 +44,16 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    app = FastAPI(title="sweepserve", version="1", lifespan=lifespan)
-    app.state.settings = settings or get_settings()
+    # /docs and /redoc are app.api.routes.pages': Swagger UI and ReDoc served from a packaged copy.
+    app = FastAPI(title="sweepserve", version="1", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.settings = settings = settings or get_settings()
     install_problem_handlers(app)
     app.include_router(health.router)  # probes stay open when an API key is set
     for router in (jobs.router, trials.router, studies.router, models.router, predict.router, metrics.router):
         app.include_router(router, **protected())
     pages.install_pages(app)  # the dashboard's pages and static files hold no data: public
-    install_body_limit(app, app.state.settings.max_body_bytes)
+    install_body_limit(app, settings.max_body_bytes)
+    install_key_check(app, settings.api_key)  # outside the body limit: no key, no reading of the body
     app.state.metrics_registry, http_metrics = build_registry(app)
     install_request_middleware(app, http_metrics)  # the outermost wrapper: every answer has its id
     return app

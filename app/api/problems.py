@@ -10,7 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.errors import ServiceError
+from app.errors import ServiceError, redact_paths
 
 PROBLEM_JSON = "application/problem+json"
 log = logging.getLogger("sweepserve.api")
@@ -36,8 +36,20 @@ class Problem(Exception):
 def problem_response(
     status: int, title: str, detail: str, headers: dict[str, str] | None = None, **extra: Any
 ) -> JSONResponse:
-    body = {"type": "about:blank", "title": title, "status": status, "detail": detail, **extra}
+    # No filesystem path leaves the process in an answer (a failed load's message, a trial error).
+    body = {"type": "about:blank", "title": title, "status": status, "detail": redact_paths(detail)}
+    body |= {key: _redacted(value) for key, value in extra.items()}
     return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+def _redacted(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact_paths(value)
+    if isinstance(value, dict):
+        return {key: _redacted(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_redacted(item) for item in value]
+    return value
 
 
 def _field_errors(exc: RequestValidationError) -> list[dict[str, Any]]:

@@ -16,7 +16,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from app.errors import ExportUnavailable
+from app.errors import DamagedCheckpoint, ExportUnavailable
 from ml.augment import normalize
 from ml.checkpoint import load_for_inference
 
@@ -43,7 +43,12 @@ class Normalized(nn.Module):
 
 def export_model(checkpoint: Path, fmt: ExportFormat, out: io.BufferedIOBase | io.BytesIO) -> None:
     """Write the checkpoint's model in `fmt` to `out` (CPU, fp32)."""
-    model, meta = load_for_inference(checkpoint, "cpu")
+    try:
+        model, meta = load_for_inference(checkpoint, "cpu")
+    except Exception as exc:  # truncated, overwritten, or not a checkpoint of ours
+        raise DamagedCheckpoint(
+            f"the model's checkpoint cannot be read ({type(exc).__name__}); it cannot be exported or served"
+        ) from exc
     model = model.float().to(memory_format=torch.contiguous_format).eval()
     if fmt == "state_dict":
         torch.save({"state_dict": model.state_dict(), "metadata": _plain_metadata(meta)}, out)
@@ -73,7 +78,7 @@ def _onnx(model: nn.Module, meta: dict[str, Any], out: io.BufferedIOBase | io.By
     try:
         import onnx
     except ImportError:
-        raise ExportUnavailable("ONNX export needs the onnx extra: pip install 'sweepserve[onnx]'") from None
+        raise ExportUnavailable("ONNX export needs the onnx package: pip install onnx") from None
     buffer = io.BytesIO()
     # The TorchScript-based exporter: the dynamo one needs onnxscript, and this graph is plain.
     torch.onnx.export(

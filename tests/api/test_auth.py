@@ -128,3 +128,22 @@ def test_the_openapi_schema_documents_the_bearer_scheme_and_the_401(locked: Test
     jobs = schema["paths"]["/jobs"]["get"]
     assert {"ApiKey": []} in jobs["security"] and "401" in jobs["responses"]
     assert "security" not in schema["paths"]["/healthz"]["get"]
+
+
+def test_auth_is_checked_before_the_body_is_parsed_or_measured(locked: TestClient) -> None:
+    """A malformed or oversized body without a key is a 401, not a 422 or 413 that reveals the rules."""
+    for body in (b"{not json", b'{"train": {"epochs": "ten"}}'):
+        response = locked.post("/jobs", content=body, headers={"Content-Type": "application/json"})
+        assert_unauthorized(response, None)
+    oversized = locked.post("/predict", content=b"x" * (9 * 1024 * 1024))
+    assert_unauthorized(oversized, None)
+    wrong = locked.post("/jobs", content=b"{not json", headers={"Authorization": "Bearer nope"})
+    assert_unauthorized(wrong, "invalid_token")
+
+
+def test_readyz_details_need_the_key_when_one_is_set(locked: TestClient, open_app: TestClient) -> None:
+    anonymous = locked.get("/readyz")
+    assert anonymous.status_code == 200 and anonymous.json() == {"status": "ready"}
+    keyed = locked.get("/readyz", headers={"Authorization": f"Bearer {KEY}"}).json()
+    assert keyed["checks"]["schema"] == "at head" and "model" in keyed["checks"]
+    assert "checks" in open_app.get("/readyz").json()  # no key configured: nothing to hide

@@ -563,3 +563,19 @@ def test_an_adaptive_job_starts_with_no_trials_and_a_target(client: TestClient) 
     assert job["spec"]["search"]["strategy"] == "tpe"
     bad = client.post("/jobs", json={"search": {"strategy": "tpe", "space": space}})
     assert "needs trials" in assert_problem(bad, 422)["errors"][0]["message"]
+
+
+def test_a_trial_error_is_answered_without_filesystem_paths(
+    client: TestClient, sessions: sessionmaker[Session]
+) -> None:
+    job = submit(client)
+    trial_id = job["trials"][0]["id"]
+    with sessions() as session, session.begin():
+        trial = session.get(Trial, trial_id)
+        assert trial is not None
+        trial.error = (
+            "OverflowError: int too large (at /home/someone/sweepserve/ml/data.py:86 in make_splits)"
+        )
+    shown = client.get(f"/jobs/{job['id']}/trials/{trial_id}").json()["error"]
+    assert shown == "OverflowError: int too large (at data.py:86 in make_splits)"
+    assert "/home/" not in client.get(f"/jobs/{job['id']}").text

@@ -165,3 +165,17 @@ def test_export_format_must_be_known(
         "format"
         in problem(client.get(f"/models/{model_id}/export", params={"format": "pickle"}), 422)["detail"]
     )
+
+
+def test_exporting_or_serving_a_damaged_checkpoint_is_a_409_without_paths(
+    client: TestClient, sessions: sessionmaker[Session], settings: Settings
+) -> None:
+    model_id = register_model(sessions, settings.artifacts_dir, val_accuracy=0.5, corrupt=True)
+    body = problem(client.get(f"/models/{model_id}/export"), 409)  # the default format: onnx
+    assert "cannot be read" in body["detail"]
+    served = client.post(
+        "/predict", params={"model_id": model_id}, files=[("file", ("a.png", png_files(1)[0]))]
+    )
+    assert served.status_code == 503
+    for answer in (body["detail"], served.text):
+        assert str(settings.artifacts_dir) not in answer and "/jobs/" not in answer.replace("\\/", "/")

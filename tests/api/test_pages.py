@@ -236,3 +236,36 @@ def test_predict_page_shows_class_probabilities_of_a_chosen_image(
         )
         assert total == pytest.approx(100, abs=0.1)
         page.close()
+
+
+@pytest.mark.slow
+@sqlite_only
+def test_docs_and_redoc_render_with_the_network_off(browser: object, db_url: str, tmp_path: Path) -> None:
+    """Swagger UI and ReDoc come from the app itself: with every other origin blocked, both draw
+    the API (the page and its assets hold no data, so no key is needed even when one is set)."""
+    app = create_app(make_settings(db_url, tmp_path, api_key="s3cret"))
+    with serve(app) as url:
+        page = browser.new_page()  # type: ignore[attr-defined]
+        elsewhere: list[str] = []
+
+        def only_this_origin(route: object) -> None:
+            request_url = route.request.url  # type: ignore[attr-defined]
+            if request_url.startswith(url):
+                route.continue_()  # type: ignore[attr-defined]
+            else:
+                elsewhere.append(request_url)
+                route.abort()  # type: ignore[attr-defined]
+
+        page.route("**/*", only_this_origin)
+        refused: list[str] = []  # what the pages' Content-Security-Policy blocked before any request
+        page.on(
+            "console", lambda msg: refused.append(msg.text) if "Content Security Policy" in msg.text else None
+        )
+        page.goto(f"{url}/docs")
+        page.wait_for_selector(".swagger-ui .info .title:has-text('sweepserve')", timeout=30_000)
+        assert page.locator(".opblock-summary-path[data-path='/predict']").count() >= 1
+        page.goto(f"{url}/redoc")
+        page.wait_for_selector("h1:has-text('sweepserve')", timeout=30_000)
+        assert page.locator("text=/predict").count() >= 1
+        assert elsewhere == [] and all("cdn." in text for text in refused), refused
+        page.close()

@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from sqlalchemy.exc import SQLAlchemyError
 
+from app.api.auth import has_key
 from app.api.deps import PredictorDep
 from app.api.problems import Problem
 from app.api.schemas import problem_responses
@@ -28,10 +29,12 @@ def healthz() -> dict[str, str]:
 )
 def readyz(request: Request, predictor: PredictorDep) -> dict[str, Any]:
     # No model yet does not make the service unready: jobs must be submittable to produce one.
+    # The probe answers anyone; its details (revisions, the model's state) only holders of the key.
     checks: dict[str, Any] = {**_schema_check(request), "model": predictor.status()}
+    details = {"checks": checks} if has_key(request) else {}
     if checks["database"] != "ok" or checks["schema"] != "at head":
-        raise Problem(503, "Not ready", _reason(checks), checks=checks)
-    return {"status": "ready", "checks": checks}
+        raise Problem(503, "Not ready", _reason(checks), **details)
+    return {"status": "ready", **details}
 
 
 @functools.cache

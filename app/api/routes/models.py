@@ -52,7 +52,7 @@ def promote(model_id: ModelId, session: SessionDep, store: StoreDep, predictor: 
     response_class=FileResponse,
     responses={
         200: {"content": {media: {} for media in set(MEDIA_TYPES.values())}, "description": "the model file"},
-        **problem_responses(404, 422, 501),
+        **problem_responses(404, 409, 422, 501),
     },
     summary="Download the model: ONNX or TorchScript (uint8 RGB NCHW in, normalised inside), or state_dict",
 )

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import fastapi_offline
 from fastapi import APIRouter, FastAPI
-from fastapi.responses import FileResponse
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
 from app.api.deps import JobId
@@ -25,6 +27,21 @@ PAGE_HEADERS = {
     ),
     "X-Content-Type-Options": "nosniff",
     "Cache-Control": "no-cache",
+}
+
+# Swagger UI and ReDoc as packaged by fastapi-offline: served from this origin (no CDN, so nothing
+# from elsewhere runs where the dashboard keeps the API key), and the docs work without a network.
+DOCS_ASSETS = Path(fastapi_offline.__file__).resolve().parent / "static"
+DOCS_STATIC = "/static-offline-docs"
+# Both pages start their UI from an inline script; anything from another origin is refused (ReDoc's
+# bundle would fetch its logo from a CDN).
+DOCS_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+        "img-src 'self' data:; worker-src 'self' blob:; object-src 'none'; base-uri 'none'; "
+        "frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
 }
 
 router = APIRouter(include_in_schema=False)
@@ -49,7 +66,35 @@ def predict_page() -> FileResponse:
     return _page("predict.html")
 
 
+@router.get("/docs")
+def swagger_ui() -> HTMLResponse:
+    page = get_swagger_ui_html(
+        openapi_url="/openapi.json",
+        title="sweepserve - Swagger UI",
+        swagger_js_url=f"{DOCS_STATIC}/swagger-ui-bundle.js",
+        swagger_css_url=f"{DOCS_STATIC}/swagger-ui.css",
+        swagger_favicon_url="/static/favicon.svg",
+        oauth2_redirect_url=None,
+    )
+    page.headers.update(DOCS_HEADERS)
+    return page
+
+
+@router.get("/redoc")
+def redoc() -> HTMLResponse:
+    page = get_redoc_html(
+        openapi_url="/openapi.json",
+        title="sweepserve - ReDoc",
+        redoc_js_url=f"{DOCS_STATIC}/redoc.standalone.js",
+        redoc_favicon_url="/static/favicon.svg",
+        with_google_fonts=False,
+    )
+    page.headers.update(DOCS_HEADERS)
+    return page
+
+
 def install_pages(app: FastAPI) -> None:
-    """The pages and static files: public, they hold no data."""
+    """The pages, the API documentation and static files: public, they hold no data."""
     app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    app.mount(DOCS_STATIC, StaticFiles(directory=DOCS_ASSETS), name="static-offline-docs")

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from app.errors import redact_paths
 from app.store.points import Point
 from app.store.tables import Job, Trial
 from ml.status import JobStatus, TrialStatus
@@ -20,6 +21,10 @@ TrialStatusValue = Literal[tuple(TrialStatus)]  # type: ignore[valid-type]
 def _as_utc(value: datetime) -> datetime:
     # SQLite hands back naive datetimes of CURRENT_TIMESTAMP, which is UTC; PostgreSQL aware ones.
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _public_error(value: str | None) -> str | None:
+    return None if value is None else redact_paths(value)
 
 
 UtcDatetime = Annotated[datetime, AfterValidator(_as_utc)]
@@ -83,7 +88,9 @@ class TrialOut(OrmSchema):
         description="claims that ended because the worker was stopped (SIGTERM); not failed attempts"
     )
     extensions: int = Field(description="times a user extended it to more epochs")
-    error: str | None
+    error: Annotated[str | None, AfterValidator(_public_error)] = Field(
+        description="why the last attempt failed (filesystem paths cut to their file name)"
+    )
     started_at: UtcDatetime | None
     finished_at: UtcDatetime | None
     archived_at: UtcDatetime | None = Field(description="when retention deleted its checkpoints")

@@ -32,7 +32,7 @@ from ml.status import Decision, TrialStatus, status_after
 
 log = logging.getLogger(__name__)
 
-POLL_EVERY = 10  # batches between should_stop polls and NaN checks (each costs a device sync)
+POLL_EVERY = 10  # batches between NaN checks (each costs a device sync); should_stop is polled every batch
 
 
 @dataclass
@@ -63,7 +63,8 @@ class TrialHooks:
         return Decision.CONTINUE
 
     def should_stop(self) -> bool:
-        """Polled every few batches; True aborts the trial at once with TrialAborted."""
+        """Polled after every training step (keep it cheap); True aborts the trial at once with
+        TrialAborted."""
         return False
 
 
@@ -205,7 +206,9 @@ def train_one_epoch(
     """One pass over `batches` (normalised float images, labels, on the device); scheduler stepped per batch.
 
     Losses stay on the device and are checked for NaN every `poll_every` batches, so the GPU is not
-    synchronised per batch; the error still names the first bad batch (1-based).
+    synchronised per batch; the error still names the first bad batch (1-based). `should_stop`
+    (a flag read, no device sync) is polled after every step, so a preempted worker stops within a
+    step, however few batches an epoch has.
     """
     model.train()
     losses: list[torch.Tensor] = []
@@ -227,8 +230,8 @@ def train_one_epoch(
         images += len(y)
         if batch % poll_every == 0:
             checked = _check_finite(losses, checked, epoch)
-            if should_stop is not None and should_stop():
-                raise TrialAborted(f"stopped at epoch {epoch} batch {batch}: should_stop() returned True")
+        if should_stop is not None and should_stop():
+            raise TrialAborted(f"stopped at epoch {epoch} batch {batch}: should_stop() returned True")
     _check_finite(losses, checked, epoch)
     if not losses:
         raise ValueError("an epoch needs at least one batch")

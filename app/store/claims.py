@@ -7,7 +7,8 @@ Trial transitions made by workers (all others are refused, see `ml.status.TRIAL_
     running -> failed     lease expired after max_attempts failed attempts (swept before each claim),
                           or `fail_trial` on the last attempt
     running -> queued     `fail_trial` with attempts left: the next claim resumes from last.pt;
-                          or `pause_trial` at an ASHA rung (pauses + 1; not a failure)
+                          or `pause_trial` at an ASHA rung (pauses + 1; not a failure);
+                          or `preempt_trial` when the worker got SIGTERM (preemptions + 1; not a failure)
     running -> cancelled  `finish_trial` after the worker saw cancel_requested (at an epoch
                           boundary, or mid-epoch through `renew_lease`); or `fail_trial`/an
                           expired lease when a cancel was requested
@@ -343,6 +344,20 @@ def fail_trial(session: Session, claim: Claim, error: str, *, retry: bool = True
     else:
         status, values = TrialStatus.FAILED, {"finished_at": func.now()}
     _write_back(session, claim, (), status=status, error=error, **values)
+    refresh_job_status(session, claim.job_id)
+    return status
+
+
+def preempt_trial(session: Session, claim: Claim) -> TrialStatus:
+    """The worker was told to stop (SIGTERM/SIGINT): give the trial back to the queue at once, so
+    another worker resumes it from last.pt within a poll instead of after the lease; `preemptions`
+    + 1, which is not a failed attempt. A requested cancel wins. Returns the new status."""
+    if _lock_held(session, claim, TrialStatus.QUEUED).cancel_requested:
+        status, values = TrialStatus.CANCELLED, {"finished_at": func.now()}
+    else:
+        values = {"worker_id": None, "lease_expires_at": None, "preemptions": Trial.preemptions + 1}
+        status = TrialStatus.QUEUED
+    _write_back(session, claim, (), status=status, **values)
     refresh_job_status(session, claim.job_id)
     return status
 

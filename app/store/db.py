@@ -19,6 +19,7 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000  # writers wait this long for the lock instead o
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
 # Our own version table, so the schema can live in a database that already uses Alembic.
 ALEMBIC_VERSION_TABLE = "sweepserve_alembic_version"
+PG_CONNECT_TIMEOUT_S = 5
 MIGRATION_LOCK_KEY = 0x7377_6565_7073_7276  # pg_advisory_xact_lock key ("sweepsrv"), any fixed int64
 
 
@@ -26,7 +27,15 @@ def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         return _sqlite_engine(url)
     # pool_pre_ping: a worker survives a PostgreSQL restart by reconnecting on next use.
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+    # connect_timeout: an unreachable server fails a connect in seconds, not the OS's minutes, so
+    # a worker told to stop is never held up by a database that is gone.
+    return create_engine(
+        url,
+        pool_pre_ping=True,
+        pool_size=5,
+        max_overflow=5,
+        connect_args={"connect_timeout": PG_CONNECT_TIMEOUT_S},
+    )
 
 
 def _sqlite_engine(url: str) -> Engine:

@@ -70,6 +70,8 @@ class LeaseKeeper(threading.Thread):
             log.warning("attempt %d: %s; stopping the trial", watched.claim.attempt, lease.value)
         (watched.lost if lease is Lease.LOST else watched.cancelled).set()
 
-    def halt(self) -> None:
+    def halt(self, timeout: float | None = None) -> None:
+        """Stop renewing; wait up to `timeout` s for a renewal under way (it is a daemon thread:
+        one stuck on an unreachable database does not keep the process alive)."""
         self._halt.set()
-        self.join()
+        self.join(timeout)

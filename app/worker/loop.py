@@ -15,9 +15,14 @@ resumes it decides again, at once, before training on.
 A cancel is seen at the next epoch boundary, or within POLL_EVERY batches of the next lease
 renewal (every heartbeat_seconds), whichever comes first.
 
-On SIGTERM/SIGINT the worker stops training at once and writes nothing: the lease runs out and
-another worker resumes the trial from its last checkpoint. Database errors (a PostgreSQL
-restart) are retried with exponential backoff; the trial being trained is not given up.
+On SIGTERM/SIGINT the worker stops training at the next step (`should_stop` is polled after
+every step), gives the trial back at once (`preempt_trial`: queued, `preemptions` + 1, not a
+failed attempt; the lease is released, so another worker resumes it from the last epoch's
+last.pt within its poll) and exits. That last write-back is tried PREEMPT_TRIES times; with the
+database gone (PostgreSQL connects time out after 5 s) the worker exits anyway and the lease
+runs out instead, which counts as a failed attempt, as a kill -9 does. Database errors (a
+PostgreSQL restart) are otherwise retried with exponential backoff; the trial being trained is
+not given up.
 
 Run with `sweepserve worker [--gpus 0,1] [--max-trials N]`; settings come from SWEEPSERVE_*.
 """
@@ -46,8 +51,16 @@ from app.errors import LeaseLost
 from app.ops.logs import log_context
 from app.settings import Settings
 from app.store.artifacts import discard_superseded, open_store, start_attempt, trial_dir
-from app.store.claims import Claim, Outcome, claim_trial, fail_trial, finish_trial, pause_trial
-from app.store.db import make_engine, session_factory, transaction, upgrade_to_head
+from app.store.claims import (
+    Claim,
+    Outcome,
+    claim_trial,
+    fail_trial,
+    finish_trial,
+    pause_trial,
+    preempt_trial,
+)
+from app.store.db import PG_CONNECT_TIMEOUT_S, make_engine, session_factory, transaction, upgrade_to_head
 from app.store.tables import Trial
 from app.store.workers import register_worker, unregister_worker
 from app.worker.hooks import WorkerHooks
@@ -66,6 +79,8 @@ log = logging.getLogger("sweepserve.worker")
 
 T = TypeVar("T")
 
+PREEMPT_TRIES = 2  # a stopping worker's tries to give its trial back before it exits anyway
+
 
 @dataclass(frozen=True)
 class WriteBack:
@@ -74,6 +89,7 @@ class WriteBack:
     statement: Callable[[Session], TrialStatus]
     pause: bool = False  # an ASHA pause: the trial goes back to the queue, not a failure
     release: bool = False  # an out-of-memory: free what the failed step held before going on
+    preempt: bool = False  # the worker is stopping: tried PREEMPT_TRIES times, whatever `stop` says
 
 
 def make_worker_id() -> str:
@@ -98,12 +114,12 @@ class WorkerLoop:
         self.store = open_store(settings)
         self.keeper = LeaseKeeper(engine, self.id, settings.heartbeat_seconds)
 
-    def in_transaction(self, action: Callable[[Session], T], what: str) -> T:
+    def in_transaction(self, action: Callable[[Session], T], what: str, tries: int | None = None) -> T:
         def attempt() -> T:
             with transaction(self.factory) as session:
                 return action(session)
 
-        return retry_db(attempt, what, self.stop)
+        return retry_db(attempt, what, self.stop, tries)
 
     def serve(self, max_trials: int | None) -> None:
         with log_context(worker_id=self.id):
@@ -116,7 +132,7 @@ class WorkerLoop:
             try:
                 done = self._loop(max_trials)
             finally:
-                self.keeper.halt()
+                self.keeper.halt(timeout=PG_CONNECT_TIMEOUT_S + 1)
                 self._unregister()
             log.info("worker stopped after %d trial(s)", done)
 
@@ -144,7 +160,9 @@ class WorkerLoop:
             write_back = self._train(watch)
             if write_back is not None and write_back.release:
                 release_memory()  # out of the except block: the traceback no longer pins the tensors
-            if write_back is not None:
+            if write_back is not None and write_back.preempt:
+                self._give_back(write_back)
+            elif write_back is not None:
                 status = self.in_transaction(write_back.statement, "write back")
                 paused = write_back.pause and status is TrialStatus.QUEUED  # a cancel may have won
         except LeaseLost as exc:
@@ -156,6 +174,15 @@ class WorkerLoop:
             self._tidy_lost_attempt(claim)
         return paused
 
+    def _give_back(self, write_back: WriteBack) -> None:
+        """The worker is stopping: release the trial now, or leave it to its lease."""
+        self.keeper.unwatch()  # a renewal racing the release would only find the lease gone
+        try:
+            status = self.in_transaction(write_back.statement, "give the trial back", tries=PREEMPT_TRIES)
+            log.info("worker stopping: trial given back (%s)", status)
+        except DB_UNAVAILABLE as exc:
+            log.warning("could not give the trial back (%s): its lease will run out", first_line(exc))
+
     def _train(self, watch: Watch) -> WriteBack | None:
         """Train; returns the write-back to make, or None when this attempt must write nothing."""
         claim = watch.claim
@@ -166,11 +193,17 @@ class WorkerLoop:
                 log.info("trial cancelled mid-epoch: %s", exc)
                 cancelled = Outcome(TrialStatus.CANCELLED, [], None, None, None)  # epochs already recorded
                 return WriteBack(lambda session: finish_trial(session, claim, cancelled))
-            why = "the worker is stopping" if self.stop.is_set() else "the lease was lost"
-            log.warning("trial stopped (%s) without writing back: %s", why, exc)
+            if self.stop.is_set() and not watch.lost.is_set():
+                log.info("trial preempted (the worker is stopping): %s", exc)
+                return WriteBack(lambda session: preempt_trial(session, claim), preempt=True)
+            log.warning("trial stopped (the lease was lost) without writing back: %s", exc)
             return None
         except Exception as exc:
-            if self.stop.is_set() or watch.lost.is_set():
+            if self.stop.is_set() and not watch.lost.is_set():
+                # e.g. an epoch's write-back gave up on an unreachable database once stop was set
+                log.warning("trial interrupted while stopping: %s", describe_error(exc))
+                return WriteBack(lambda session: preempt_trial(session, claim), preempt=True)
+            if watch.lost.is_set():
                 log.warning("trial interrupted: %s", describe_error(exc))
                 return None
             log.exception("attempt %d failed", claim.attempt)

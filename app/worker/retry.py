@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
+import time
 import traceback
 from collections.abc import Callable
 from typing import TypeVar
@@ -20,21 +22,26 @@ MAX_ERROR_CHARS = 4000
 T = TypeVar("T")
 
 
-def retry_db(action: Callable[[], T], what: str, stop: threading.Event) -> T:
+def retry_db(action: Callable[[], T], what: str, stop: threading.Event, tries: int | None = None) -> T:
     """Run `action`, retrying while the database is unreachable (backoff capped at BACKOFF_CAP_S).
 
-    Gives up (re-raises) only once `stop` is set, so a worker told to exit is not held hostage.
+    Gives up (re-raises) once `stop` is set, so a worker told to exit is not held hostage; with
+    `tries`, after that many tries whatever `stop` says (a stopping worker's last write-back).
     """
     delay = BACKOFF_FIRST_S
-    while True:
+    for tried in itertools.count(1):
         try:
             return action()
         except DB_UNAVAILABLE as exc:
-            if stop.is_set():
+            if (stop.is_set() and tries is None) or (tries is not None and tried >= tries):
                 raise
             log.warning("%s: database unavailable (%s); retrying in %.1f s", what, first_line(exc), delay)
-            stop.wait(delay)
+            if stop.is_set():
+                time.sleep(delay)
+            else:
+                stop.wait(delay)
             delay = min(delay * 2, BACKOFF_CAP_S)
+    raise AssertionError("unreachable")
 
 
 def describe_error(exc: BaseException) -> str:

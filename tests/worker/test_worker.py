@@ -359,7 +359,7 @@ def test_a_worker_that_lost_its_lease_stops_and_writes_nothing(
 
 @pytest.mark.slow
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # signal handling; the database plays no part
-def test_sigterm_stops_the_worker_without_writing_the_trial_off(
+def test_sigterm_gives_the_trial_back_without_writing_it_off(
     factory: sessionmaker[Session],
     submit_job_of: Submit,
     worker_settings: Callable[..., Settings],
@@ -376,10 +376,8 @@ def test_sigterm_stops_the_worker_without_writing_the_trial_off(
     finally:
         finish(proc, log_file)
     trial = trial_row(factory, trial_id)
-    assert (trial.status, trial.attempts, trial.error) == (
-        "running",
-        1,
-        None,
-    )  # resumable once the lease ends
+    # Given back at once (preempted, not failed): claimable now, not once the lease ends.
+    assert (trial.status, trial.attempts, trial.preemptions, trial.error) == ("queued", 1, 1, None)
+    assert (trial.worker_id, trial.lease_expires_at) == (None, None)
     assert trial.epochs_done < 3
     assert worker_rows(factory) == []

@@ -18,14 +18,21 @@ from typing import Any
 import numpy as np
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.errors import ModelUnavailable, NoModel, NotFound
+from app.errors import Conflict, ModelUnavailable, NoModel, NotFound
 from app.ops.instruments import count_reload
 from app.serving.batching import DynamicBatcher
 from app.serving.imaging import DecodeOptions, decode_all
 from app.serving.inference import LoadedModel, load_model, pick_device
 from app.settings import Settings
 from app.store.artifacts import ArtifactStore, open_store
-from app.store.registry import ModelInfo, active_model_info, existing_model_ids, get_model
+from app.store.registry import (
+    CHAMPION,
+    ModelInfo,
+    active_model_info,
+    existing_model_ids,
+    get_model,
+    resolve_alias,
+)
 
 log = logging.getLogger("sweepserve.predictor")
 
@@ -113,17 +120,38 @@ class Predictor:
 
     # --- prediction ------------------------------------------------------------------------
 
-    async def predict(self, images: list[bytes], *, model_id: int | None, resize: bool, tta: bool) -> dict:
+    async def predict(
+        self,
+        images: list[bytes],
+        *,
+        model_id: int | None,
+        resize: bool,
+        tta: bool,
+        alias: str | None = None,
+    ) -> dict:
         """Decode (in a thread), batch with concurrent requests, answer in input order.
 
         The images are checked before the model is looked up: a bad input is a 4xx even when
-        there is no model to serve.
+        there is no model to serve. `alias` names a model (`champion` is the default).
         """
         with self._batcher.arriving(len(images)):
             pixels = await asyncio.to_thread(decode_all, images, DecodeOptions(resize=resize))
-        model = await self._model_for(model_id)
+        model = await self.resolve(model_id, alias)
         probs = await self._batcher.submit(model, pixels, tta)  # no await in between: queued at once
         return {"model": model.info.public(), "predictions": [_prediction(p, model.classes) for p in probs]}
+
+    async def resolve(self, model_id: int | None = None, alias: str | None = None) -> LoadedModel:
+        """The loaded model for an id, an alias, or (neither) the champion. NotFound -> 404."""
+        if alias is not None and alias != CHAMPION:
+            model_id = await asyncio.to_thread(self._read_alias, alias)
+        return await self._model_for(model_id)
+
+    async def preload(self, info: ModelInfo) -> None:
+        """Load a model into the cache now; Conflict (409) when it cannot be loaded."""
+        try:
+            await self._load(info)
+        except Exception as exc:
+            raise Conflict(f"model {info.id} cannot be loaded: {exc}") from exc
 
     async def _model_for(self, model_id: int | None) -> LoadedModel:
         if model_id is not None and model_id in self._forgotten:
@@ -154,8 +182,15 @@ class Predictor:
     # --- hot reload ------------------------------------------------------------------------
 
     async def refresh_now(self) -> None:
-        """Re-read the registry now; concurrent callers share one read. Errors are noted, not raised."""
-        if self._refreshing is None or self._refreshing.done():
+        """Re-read the registry now; concurrent callers share one read. Errors are noted, not raised.
+
+        A read already under way may have started before the caller's write: it is waited for,
+        then one that started after the call is joined (or started)."""
+        earlier = self._refreshing
+        if earlier is not None and not earlier.done():
+            with contextlib.suppress(Exception):
+                await asyncio.shield(earlier)
+        if self._refreshing is earlier or self._refreshing is None or self._refreshing.done():
             self._refreshing = asyncio.ensure_future(self.refresh())
         try:
             await asyncio.shield(self._refreshing)
@@ -205,6 +240,10 @@ class Predictor:
         held = set(self._cache) | ({self._active.info.id} if self._active else set())
         with self._sessions() as session:
             return active_model_info(session), held - existing_model_ids(session, held)
+
+    def _read_alias(self, name: str) -> int:
+        with self._sessions() as session:
+            return resolve_alias(session, name).id
 
     def _read_model(self, model_id: int) -> ModelInfo:
         with self._sessions() as session:

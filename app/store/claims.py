@@ -26,6 +26,7 @@ then the trial index.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -45,12 +46,14 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
 from app.errors import InvalidTransition, LeaseLost
 from app.store.adaptive import ask_next_point, wants_a_point
 from app.store.db import db_time
 from app.store.jobs import get_job, lock_job, refresh_job_status
+from app.store.registry import record_champion
 from app.store.tables import EpochMetric, Job, RegisteredModel, Trial
 from ml.selection import first_best
 from ml.status import ACTIVE, ENDINGS, TRIAL_TRANSITIONS, JobStatus, TrialStatus
@@ -303,6 +306,11 @@ def finish_trial(session: Session, claim: Claim, outcome: Outcome) -> TrialStatu
     )
     if outcome.status is TrialStatus.SUCCEEDED:
         _register_model(session, claim, row, outcome)
+        session.flush()
+        # The alias history notes a new champion; a concurrent finish writing the same alias row
+        # first only costs this note (the champion itself is computed on every read).
+        with contextlib.suppress(IntegrityError), session.begin_nested():
+            record_champion(session, f"best on validation (trial {claim.trial_id} registered its model)")
     session.flush()
     refresh_job_status(session, claim.job_id)
     return outcome.status

@@ -179,3 +179,79 @@ def test_exporting_or_serving_a_damaged_checkpoint_is_a_409_without_paths(
     assert served.status_code == 503
     for answer in (body["detail"], served.text):
         assert str(settings.artifacts_dir) not in answer and "/jobs/" not in answer.replace("\\/", "/")
+
+
+# --- aliases and their history ---------------------------------------------------------------------
+
+IMAGE = [("file", ("a.png", png_files(1)[0], "image/png"))]
+
+
+def answered_by(client: TestClient, **params: object) -> int:
+    response = client.post("/predict", params=params, files=IMAGE)
+    assert response.status_code == 200, response.text
+    return response.json()["model"]["id"]
+
+
+def test_a_promotion_pins_champion_until_it_is_unpinned_then_the_best_wins_again(
+    client: TestClient, sessions: sessionmaker[Session], settings: Settings
+) -> None:
+    first = register(sessions, settings, 0.5, seed=1)
+    assert answered_by(client) == first
+    promoted = register(sessions, settings, 0.3, seed=2)
+    assert client.post(f"/models/{promoted}/promote").json()["aliases"] == ["champion"]
+    assert answered_by(client) == promoted  # at once: the promotion answers once /predict follows
+    better = register(sessions, settings, 0.9, seed=3)  # registered later, better: champion stays pinned
+    assert answered_by(client) == promoted
+    flags = {m["id"]: (m["active"], m["aliases"]) for m in client.get("/models").json()["items"]}
+    assert flags == {first: (False, []), promoted: (True, ["champion"]), better: (False, [])}
+
+    assert client.delete("/models/aliases/champion").status_code == 204  # back to automatic
+    assert answered_by(client) == better
+    aliases = client.get("/models/aliases").json()["items"]
+    assert aliases == [{"name": "champion", "model_id": better, "pinned": False}]
+
+    moves = client.get("/models/history", params={"alias": "champion"}).json()["items"]
+    assert [(m["from_model"], m["to_model"]) for m in moves] == [
+        (promoted, better),
+        (first, promoted),
+        (None, first),
+    ]
+    assert "unpinned" in moves[0]["reason"] and "promoted" in moves[1]["reason"]
+    assert "best on validation" in moves[2]["reason"] and moves[0]["at"] >= moves[2]["at"]
+
+
+def test_user_aliases_name_models_for_predict_and_are_recorded(
+    client: TestClient, sessions: sessionmaker[Session], settings: Settings
+) -> None:
+    best = register(sessions, settings, 0.8, seed=1)
+    other = register(sessions, settings, 0.2, seed=2)
+    put = client.put("/models/aliases/candidate", json={"model_id": other})
+    assert put.status_code == 200 and put.json() == {"name": "candidate", "model_id": other, "pinned": True}
+    assert answered_by(client, alias="candidate") == other
+    assert answered_by(client, alias="champion") == answered_by(client) == best
+    assert client.get(f"/models/{other}").json()["aliases"] == ["candidate"]
+    assert client.delete("/models/aliases/candidate").status_code == 204
+    assert (
+        "candidate"
+        in problem(client.post("/predict", params={"alias": "candidate"}, files=IMAGE), 404)["detail"]
+    )
+    problem(client.delete("/models/aliases/candidate"), 404)
+    problem(client.put("/models/aliases/candidate", json={"model_id": 99999}), 404)
+    for bad in ("123", "Candidate", "a/b", "x" * 65):
+        assert client.put(f"/models/aliases/{bad}", json={"model_id": best}).status_code in (404, 422)
+    problem(client.post("/predict", params={"alias": "candidate", "model_id": best}, files=IMAGE), 422)
+    moves = client.get("/models/history", params={"alias": "candidate"}).json()["items"]
+    assert [(m["from_model"], m["to_model"]) for m in moves] == [(other, None), (None, other)]
+
+
+def test_active_is_what_predict_answers_with_even_when_the_best_cannot_be_loaded(
+    client: TestClient, sessions: sessionmaker[Session], settings: Settings
+) -> None:
+    good = register(sessions, settings, 0.5, seed=1)
+    assert answered_by(client) == good
+    broken = register_model(sessions, settings.artifacts_dir, val_accuracy=0.9, corrupt=True)
+    flags = {m["id"]: m["active"] for m in client.get("/models").json()["items"]}
+    assert flags == {good: True, broken: False}
+    assert answered_by(client) == good
+    assert "cannot be loaded" in problem(client.post(f"/models/{broken}/promote"), 409)["detail"]
+    assert answered_by(client) == good  # a refused promotion moved nothing

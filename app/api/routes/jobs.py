@@ -32,6 +32,7 @@ from app.store.jobs import (
     trial_counts,
 )
 from app.store.points import best_point, best_trial_of, job_points
+from app.store.registry import record_champion
 from app.store.steering import extend_trials
 from ml.job import JobSpec
 
@@ -137,6 +138,8 @@ def extend(job_id: JobId, body: ExtendIn, session: SessionDep, store: StoreDep) 
 )
 def remove_job(job_id: JobId, session: SessionDep, store: StoreDep, predictor: PredictorDep) -> Response:
     model_ids = delete_job(session, job_id)
+    if model_ids:
+        record_champion(session, f"job {job_id} deleted with models {', '.join(map(str, model_ids))}")
     # Rows first: once they are gone no worker or predictor looks for the files. Ids are never
     # reused (AUTOINCREMENT), so the keys can belong to no later job.
     session.commit()

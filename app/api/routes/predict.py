@@ -51,14 +51,20 @@ async def predict(
     predictor: PredictorDep,
     settings: SettingsDep,
     model_id: Annotated[int | None, Query(ge=1, le=MAX_ID, description="pin a registered model")] = None,
+    alias: Annotated[
+        str | None,
+        Query(pattern=r"^[a-z][a-z0-9_-]{0,63}$", description="the model an alias names (default: champion)"),
+    ] = None,
     resize: Annotated[bool, Query(description="scale other sizes to 32x32 instead of refusing them")] = False,
     tta: Annotated[
         Literal["none", "flip"], Query(description="flip: average with the mirror image")
     ] = "none",
 ) -> dict[str, Any]:
     # ImageRejected, Overloaded and NoModel are answered by the problem handlers (app.errors).
+    if model_id is not None and alias is not None:
+        raise Problem(422, "Invalid request", "pass model_id or alias, not both")
     images = await read_images(request, settings)
-    return await predictor.predict(images, model_id=model_id, resize=resize, tta=tta == "flip")
+    return await predictor.predict(images, model_id=model_id, alias=alias, resize=resize, tta=tta == "flip")
 
 
 async def read_images(request: Request, settings: Settings) -> list[bytes]:

@@ -269,3 +269,39 @@ def test_docs_and_redoc_render_with_the_network_off(browser: object, db_url: str
         assert page.locator("text=/predict").count() >= 1
         assert elsewhere == [] and all("cdn." in text for text in refused), refused
         page.close()
+
+
+INTERVALS_SHOT = SCREENSHOT.with_name("intervals.png")
+
+
+@pytest.mark.slow
+@sqlite_only
+def test_job_page_draws_each_points_interval_and_the_tie_group(
+    browser: object, db_url: str, tmp_path: Path
+) -> None:
+    import httpx
+
+    from tests.api.test_jobs import finished_with, set_trials
+
+    app = create_app(make_settings(db_url, tmp_path))
+    with serve(app) as url:
+        body = {"name": "lr x 3 seeds", "search": {"space": {"lr": [0.05, 0.1, 0.2, 0.4]}, "repeats": 3}}
+        job = httpx.post(f"{url}/jobs", json=body, timeout=30).json()
+        vals = [0.90, 0.91, 0.89, 0.905, 0.90, 0.91, 0.86, 0.87, 0.85, 0.70, 0.72, 0.68]
+        set_trials(app.state.session_factory, job["id"], {i: finished_with(v) for i, v in enumerate(vals)})
+        page = browser.new_page(viewport={"width": 1280, "height": 1100})  # type: ignore[attr-defined]
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(f"{url}/ui/jobs/{job['id']}")
+        page.wait_for_selector("#chart-intervals g.interval")
+        rows = page.eval_on_selector_all(
+            "#chart-intervals g.interval",
+            "(gs) => gs.map((g) => [Number(g.dataset.point), g.getAttribute('class')])",
+        )
+        assert rows == [[1, "interval best tied"], [0, "interval tied"], [2, "interval"], [3, "interval"]]
+        assert page.locator("#chart-intervals rect.tie-band").count() == 1
+        assert page.locator("#trials .tie-mark").count() == 6  # the repeats of the two tied points
+        page.locator("#intervals-figure").screenshot(path=str(INTERVALS_SHOT))
+        assert errors == []
+        page.close()
+    assert INTERVALS_SHOT.stat().st_size > 5_000

@@ -4,6 +4,7 @@
 
 import { ACTIVE, ApiError, api, h, num, params, pct, poll, showError, statusBadge, when } from "./api.js";
 import { colorFor, drawLineChart } from "./chart.js";
+import { drawIntervals } from "./intervals.js";
 
 const POLL_MS = 2000;
 const jobId = Number(location.pathname.split("/").pop());
@@ -37,6 +38,7 @@ function render() {
   renderProgress(job);
   renderBest(job);
   renderCharts(job);
+  renderIntervals(job);
   renderTable(job);
 }
 
@@ -102,6 +104,13 @@ function renderCharts(job) {
   });
 }
 
+function renderIntervals(job) {
+  const label = (p) => `#${p.point} ${params(p.params)}`.slice(0, 24);
+  drawIntervals(document.getElementById("chart-intervals"), job.points, job.best?.point, label);
+}
+
+const interval = (i) => (i ? `${pct(i[0])} – ${pct(i[1])}` : "–");
+
 function sortValue(trial, key) {
   if (key === "params") return params(trial.params);
   return trial[key] ?? -Infinity; // trials without a value sort last when descending
@@ -126,6 +135,7 @@ function renderTable(job) {
         h("td", {}, statusBadge(t.status)),
         h("td", { class: "num" }, `${t.epoch}/${t.epochs}`),
         h("td", { class: "num" }, pct(t.val_accuracy)),
+        h("td", { class: "num" }, interval(t.val_interval), t.tied_with_best ? h("span", { class: "tie-mark", title: "tied with the best" }, " ≈") : ""),
         h("td", { class: "num" }, pct(t.test_accuracy)),
         h("td", { class: "num" }, num(t.train_loss)),
         h("td", { class: "num" }, t.attempts),

@@ -11,6 +11,7 @@ study file (for optuna-dashboard and Optuna's own analysis tools).
 from __future__ import annotations
 
 import json
+import logging
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from optuna.trial import FrozenTrial, TrialState
 from ml.config import SCALAR_CHOICE, RangeSpec, SearchSpec
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # no line per trial in the worker's log
+log = logging.getLogger(__name__)
 
 State = Literal["complete", "pruned", "failed", "running"]
 STATES: dict[State, TrialState] = {
@@ -59,10 +61,25 @@ def suggest(search: SearchSpec, observations: Sequence[Observation]) -> dict[str
     """The next point to try, given every point so far. Reproducible: the sampler's seed is
     `search.seed` plus the number of points already asked."""
     distributions = distributions_of(search.space)
-    study = optuna.create_study(direction="maximize", sampler=_sampler(search, len(observations)))
-    study.add_trials(frozen_trials(observations, distributions))
-    asked = study.ask(distributions)
-    return {key: _decode(search.space[key], asked.params[key]) for key in search.space}
+    trials = frozen_trials(observations, distributions)
+    try:
+        asked = _ask(_sampler(search, len(observations)), trials, distributions)
+    except Exception:  # a sampler's bug must not stop every worker's claims: fall back to random
+        log.exception("the %s sampler failed; this point is sampled at random", search.strategy)
+        asked = _ask(
+            optuna.samplers.RandomSampler(seed=search.seed + len(observations)), trials, distributions
+        )
+    return {key: _decode(search.space[key], asked[key]) for key in search.space}
+
+
+def _ask(
+    sampler: optuna.samplers.BaseSampler,
+    trials: list[FrozenTrial],
+    distributions: dict[str, BaseDistribution],
+) -> dict[str, Any]:
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    study.add_trials(trials)
+    return study.ask(distributions).params
 
 
 def distributions_of(space: dict[str, Any]) -> dict[str, BaseDistribution]:

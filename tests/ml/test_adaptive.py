@@ -149,3 +149,17 @@ def test_repeats_run_each_point_with_successive_seeds() -> None:
         (0, 0, 0.1, 5), (1, 0, 0.1, 6), (2, 0, 0.1, 7), (3, 1, 0.2, 5), (4, 1, 0.2, 6), (5, 1, 0.2, 7)
     ]  # fmt: skip
     assert JobSpec.model_validate({"search": {"strategy": "tpe", "trials": 5, "space": SPACE}}).points == []
+
+
+def test_a_failing_sampler_falls_back_to_a_random_point(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(*_args: object, **_kwargs: object) -> None:
+        raise RuntimeError("sampler bug")
+
+    monkeypatch.setattr(optuna.samplers.TPESampler, "sample_independent", broken)
+    spec = search("tpe", trials=8)
+    seen = [Observation({"lr": 0.1 * (i + 1), "weight_decay": 1e-4}, "complete", 0.5) for i in range(5)]
+    params = suggest(spec, seen)
+    assert 1e-4 <= params["lr"] <= 1.0 and 1e-6 <= params["weight_decay"] <= 1e-2
+    assert "the tpe sampler failed" in caplog.text

@@ -9,6 +9,7 @@ from pathlib import Path
 import optuna
 import pytest
 
+from ml import adaptive
 from ml.adaptive import Observation, startup_trials, suggest, write_study
 from ml.config import SearchSpec
 from ml.job import JobSpec
@@ -154,10 +155,11 @@ def test_repeats_run_each_point_with_successive_seeds() -> None:
 def test_a_failing_sampler_falls_back_to_a_random_point(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    def broken(*_args: object, **_kwargs: object) -> None:
-        raise RuntimeError("sampler bug")
+    class Broken(optuna.samplers.RandomSampler):
+        def sample_independent(self, *_args: object, **_kwargs: object) -> None:
+            raise RuntimeError("sampler bug")
 
-    monkeypatch.setattr(optuna.samplers.TPESampler, "sample_independent", broken)
+    monkeypatch.setattr(adaptive, "_sampler", lambda *_: Broken())
     spec = search("tpe", trials=8)
     seen = [Observation({"lr": 0.1 * (i + 1), "weight_decay": 1e-4}, "complete", 0.5) for i in range(5)]
     params = suggest(spec, seen)

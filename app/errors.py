@@ -95,9 +95,9 @@ class Overloaded(ServiceError):
 
     status, title = 503, "Overloaded"
 
-    def __init__(self, pending: int, limit: int, retry_after: int) -> None:
+    def __init__(self, pending: int, limit: int, retry_after: int, unit: str = "images") -> None:
         super().__init__(
-            f"{pending} images are already waiting (limit {limit}); retry in {retry_after} s",
+            f"{pending} {unit} are already waiting (limit {limit}); retry in {retry_after} s",
             headers={"Retry-After": str(retry_after)},
         )
         self.retry_after = retry_after

@@ -42,6 +42,10 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(64, ge=1)  # dynamic batching; 1 disables it
     max_delay_ms: float = Field(5.0, ge=0)  # longest wait to fill a batch
     max_queue: int = Field(1024, ge=1)  # pending images before 503 + Retry-After
+    max_request_pixels: int = Field(4 * 2048 * 2048, ge=1024)  # decoded pixels per request, else 413
+    max_decode_pixels: int = Field(16 * 2048 * 2048, ge=1024)  # pixels being decoded at once, else 503
+    decode_threads: int = Field(2, ge=1)  # the bounded pool /predict decodes images in
+    max_jpeg_scans: int = Field(64, ge=1)  # progressive JPEGs with more scans are refused (422)
     model_cache_size: int = Field(3, ge=1)  # loaded models kept for ?model_id=
     inference_threads: int = Field(0, ge=0)  # torch threads of /predict's forward; 0 = all cores but one
 

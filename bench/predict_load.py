@@ -1,6 +1,7 @@
 """Load test of POST /predict: dynamic batching against none, and a hot reload under load.
 
     python bench/predict_load.py [--seconds 10] [--concurrency 1 8 32 64] [--archive PATH]
+    python bench/predict_load.py --decode-flood 6 [--flood-concurrency 4] [--seconds 10]
 
 Starts two real uvicorn servers on free 127.0.0.1 ports, each on its own SQLite database with
 the same two untrained ResNet-18 models (torchvision ImageNet stem; registered through the
@@ -10,6 +11,12 @@ worker's queue calls): one with dynamic batching (`--batch`, default 64) and one
 archive. In the run at `--reload-at` concurrency the second model is promoted halfway through,
 so that row includes a hot reload. Every loop is bounded in requests and time; only loopback
 addresses are contacted. Prints a Markdown table (and JSON with --json).
+
+`--decode-flood N` measures decode bombs instead: two batched servers, one with the JPEG scan cap
+switched off (`SWEEPSERVE_MAX_JPEG_SCANS` huge) and one with the default; on each, a normal client
+(`--flood-concurrency` users) runs quiet, then while N senders post 20,000-scan progressive JPEGs
+(257 KB each) with `resize=true` in a loop. It reports the normal client's percentiles in both
+runs and what the bombs got back.
 """
 
 from __future__ import annotations
@@ -40,7 +47,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run as a script from anywhere
 
 from app.store.db import make_engine, session_factory, upgrade_to_head  # noqa: E402
-from tests.served_models import SERVING_CONFIG, register_model  # noqa: E402
+from tests.served_models import SERVING_CONFIG, jpeg_scan_bomb, register_model  # noqa: E402
 
 DEFAULT_ARCHIVE = REPO.parent / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
 BOUNDARY = "sweepservebench"
@@ -103,7 +110,9 @@ def free_port() -> int:
 class Server:
     """One uvicorn process on its own database and artifacts folder."""
 
-    def __init__(self, name: str, workdir: Path, batch: int, delay_ms: float) -> None:
+    def __init__(
+        self, name: str, workdir: Path, batch: int, delay_ms: float, env: dict[str, str] | None = None
+    ) -> None:
         self.name, self.port = name, free_port()
         self.url = f"sqlite:///{workdir / name / 'bench.db'}"
         self.artifacts = workdir / name / "artifacts"
@@ -121,6 +130,7 @@ class Server:
             "SWEEPSERVE_MAX_BATCH_SIZE": str(batch),
             "SWEEPSERVE_MAX_DELAY_MS": str(delay_ms),
             "SWEEPSERVE_LOG_LEVEL": "WARNING",
+            **(env or {}),
         }
         env.pop("SWEEPSERVE_API_KEY", None)
         command = [
@@ -169,6 +179,83 @@ class Server:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+
+
+async def flood(server: Server, bomb: bytes, senders: int, stop: asyncio.Event) -> dict[str, Any]:
+    """`senders` clients posting `bomb` with resize=true until `stop`; what they got back."""
+    statuses: Counter[str] = Counter()
+    seconds: list[float] = []
+    body = (
+        (
+            f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="b.jpg"\r\n'
+            "Content-Type: image/jpeg\r\n\r\n"
+        ).encode()
+        + bomb
+        + f"\r\n--{BOUNDARY}--\r\n".encode()
+    )
+    headers = {"content-type": f"multipart/form-data; boundary={BOUNDARY}"}
+
+    async def sender() -> None:
+        async with httpx.AsyncClient(timeout=120.0) as client:
+            while not stop.is_set():
+                t0 = time.perf_counter()
+                try:
+                    response = await client.post(
+                        f"{server.base}/predict", params={"resize": "true"}, content=body, headers=headers
+                    )
+                    statuses[str(response.status_code)] += 1
+                except httpx.HTTPError as exc:
+                    statuses[type(exc).__name__] += 1
+                seconds.append(time.perf_counter() - t0)
+
+    await asyncio.gather(*(sender() for _ in range(senders)))
+    return {"bombs": dict(statuses), "bomb_p50_s": round(float(np.median(seconds)), 3) if seconds else None}
+
+
+async def flood_bench(args: argparse.Namespace, workdir: Path) -> list[dict[str, Any]]:
+    bodies = [multipart(png) for png in cifar_pngs(args.archive, args.images)]
+    bomb = jpeg_scan_bomb(scans=20_000)
+    servers = [
+        Server(
+            "no-scan-cap", workdir, args.batch, args.delay_ms, {"SWEEPSERVE_MAX_JPEG_SCANS": "1000000000"}
+        ),
+        Server("scan-cap", workdir, args.batch, args.delay_ms),
+    ]
+    rows = []
+    try:
+        async with httpx.AsyncClient(timeout=10) as client:
+            for server in servers:
+                await server.ready(client)
+        for server in servers:
+            quiet = await drive(server, bodies, args.flood_concurrency, args.seconds, False)
+            stop = asyncio.Event()
+            bombs = asyncio.create_task(flood(server, bomb, args.decode_flood, stop))
+            await asyncio.sleep(1.0)  # the bombs are in flight before the measurement starts
+            loud = await drive(server, bodies, args.flood_concurrency, args.seconds, False)
+            stop.set()
+            row = {"server": server.name, "quiet": asdict(quiet), "flood": asdict(loud), **(await bombs)}
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+        return rows
+    finally:
+        for server in servers:
+            server.stop()
+
+
+def flood_markdown(rows: list[dict[str, Any]], senders: int) -> str:
+    lines = [
+        f"| server | quiet p50 / p95 / p99 ms | with {senders} bomb senders p50 / p95 / p99 ms "
+        "| p99 ratio | normal errors | bomb answers | bomb p50 s | load avg |",
+        "|---|---|---|---:|---:|---|---:|---:|",
+    ]
+    for row in rows:
+        q, f = row["quiet"], row["flood"]
+        lines.append(
+            f"| {row['server']} | {q['p50_ms']} / {q['p95_ms']} / {q['p99_ms']} "
+            f"| {f['p50_ms']} / {f['p95_ms']} / {f['p99_ms']} | {f['p99_ms'] / q['p99_ms']:.1f}x "
+            f"| {f['errors']} | {row['bombs']} | {row['bomb_p50_s']} | {f['load_average']:.1f} |"
+        )
+    return "\n".join(lines)
 
 
 async def drive(
@@ -351,6 +438,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--reload-at", type=int, default=32, help="concurrency whose runs include a promotion"
     )
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--decode-flood", type=int, default=0, help="bomb senders: run the flood test")
+    parser.add_argument("--flood-concurrency", type=int, default=4, help="normal users during the flood test")
     return parser.parse_args(argv)
 
 
@@ -360,6 +449,13 @@ def main(argv: list[str] | None = None) -> int:
         f"model: untrained {SERVING_CONFIG.arch}; {args.seconds:g} s per level; cpus: {os.cpu_count()}",
         flush=True,
     )
+    if args.decode_flood:
+        with tempfile.TemporaryDirectory(prefix="sweepserve-bench-") as workdir:
+            rows = event_loop_runner()(flood_bench(args, Path(workdir)))
+        print(flood_markdown(rows, args.decode_flood))
+        if args.json:
+            args.json.write_text(json.dumps(rows, indent=2))
+        return 0
     with tempfile.TemporaryDirectory(prefix="sweepserve-bench-") as workdir:
         results = event_loop_runner()(bench(args, Path(workdir)))
     print(markdown(results))

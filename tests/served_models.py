@@ -123,3 +123,32 @@ def problem(response: Any, status: int) -> dict[str, Any]:
     body = response.json()
     assert body["status"] == status and body["detail"]
     return body
+
+
+def jpeg_scan_bomb(scans: int = 20_000, size: int = 1024) -> bytes:
+    """A valid progressive JPEG of size x size with `scans` start-of-scan markers: libjpeg's own
+    progressive script, then one tiny (12-byte) refinement scan repeated. Each scan is a pass over
+    every block, so 20,000 of them (257 KB) cost seconds of CPU to decode, even at draft size."""
+    ramp = np.linspace(0, 255, size, dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(np.stack([np.tile(ramp, (size, 1))] * 3, axis=-1)).save(
+        buffer, "JPEG", progressive=True, quality=75
+    )
+    data = buffer.getvalue()
+    scans_found = _scan_segments(data)
+    start, end = min(scans_found, key=lambda s: s[1] - s[0])  # a chroma refinement: nearly no data
+    last_end = scans_found[-1][1]
+    return data[:last_end] + data[start:end] * (scans - len(scans_found)) + b"\xff\xd9"
+
+
+def _scan_segments(data: bytes) -> list[tuple[int, int]]:
+    """(start, end) of each start-of-scan segment, its entropy-coded data included."""
+    found, i = [], 2
+    while i < len(data) and data[i + 1] != 0xD9:
+        end = i + 2 + int.from_bytes(data[i + 2 : i + 4], "big")
+        if data[i + 1] == 0xDA:
+            while data[end] != 0xFF or data[end + 1] == 0 or 0xD0 <= data[end + 1] <= 0xD7:
+                end += 1
+            found.append((i, end))
+        i = end
+    return found

@@ -61,7 +61,12 @@ class DynamicBatcher:
 
     @contextlib.contextmanager
     def arriving(self, count: int) -> Iterator[None]:
-        """Wrap the decoding of `count` images that will be submitted right after the block."""
+        """Wrap the decoding of `count` images that will be submitted right after the block.
+
+        They count against the queue bound from now on, before they are decoded: a flood of
+        requests is refused (`Overloaded`) without paying for its decoding first."""
+        if self.pending + self._arriving + count > self.max_queue:
+            raise Overloaded(self.pending + self._arriving, self.max_queue, self._retry_after())
         self._arriving += count
         try:
             yield

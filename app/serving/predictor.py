@@ -12,16 +12,17 @@ import asyncio
 import contextlib
 import logging
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.errors import Conflict, ModelUnavailable, NoModel, NotFound
+from app.errors import Conflict, ModelUnavailable, NoModel, NotFound, Overloaded
 from app.ops.instruments import count_reload
 from app.serving.batching import DynamicBatcher
-from app.serving.imaging import DecodeOptions, decode_all
+from app.serving.imaging import DecodeOptions, decode_all, inspect_all
 from app.serving.inference import LoadedModel, load_model, pick_device
 from app.settings import Settings
 from app.store.artifacts import ArtifactStore, open_store
@@ -58,6 +59,9 @@ class Predictor:
         # the set only grows by what was deleted while this process ran.
         self._forgotten: set[int] = set()
         self._refreshing: asyncio.Future[int | None] | None = None
+        # Decoding runs in a pool of its own, bounded, and is admitted by pixels (see _decoding).
+        self._decode_pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
+        self._decoding_pixels = 0
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._poller: asyncio.Task[None] | None = None
@@ -77,6 +81,7 @@ class Predictor:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._poller
         await self._batcher.stop()
+        self._decode_pool.shutdown(wait=False, cancel_futures=True)
 
     def request_reload(self) -> None:
         """Look for a new active model now. Safe to call from any thread."""
@@ -134,11 +139,27 @@ class Predictor:
         The images are checked before the model is looked up: a bad input is a 4xx even when
         there is no model to serve. `alias` names a model (`champion` is the default).
         """
-        with self._batcher.arriving(len(images)):
-            pixels = await asyncio.to_thread(decode_all, images, DecodeOptions(resize=resize))
+        options = DecodeOptions(resize=resize, max_scans=self._settings.max_jpeg_scans)
+        cost = inspect_all(images, options, self._settings.max_request_pixels)  # headers only
+        with self._batcher.arriving(len(images)), self._decoding(cost):
+            loop = asyncio.get_running_loop()
+            pixels = await loop.run_in_executor(self._decode_pool, decode_all, images, options)
         model = await self.resolve(model_id, alias)
         probs = await self._batcher.submit(model, pixels, tta)  # no await in between: queued at once
         return {"model": model.info.public(), "predictions": [_prediction(p, model.classes) for p in probs]}
+
+    @contextlib.contextmanager
+    def _decoding(self, pixels: int) -> Iterator[None]:
+        """Admission by decoded pixels: a request that would push the pixels being decoded past
+        `max_decode_pixels` is refused at once (a lone request always gets in)."""
+        limit = self._settings.max_decode_pixels
+        if self._decoding_pixels and self._decoding_pixels + pixels > limit:
+            raise Overloaded(self._decoding_pixels, limit, 1, unit="pixels")
+        self._decoding_pixels += pixels
+        try:
+            yield
+        finally:
+            self._decoding_pixels -= pixels
 
     async def resolve(self, model_id: int | None = None, alias: str | None = None) -> LoadedModel:
         """The loaded model for an id, an alias, or (neither) the champion. NotFound -> 404."""

@@ -16,6 +16,7 @@ from app.store.tables import RegisteredModel
 from tests.served_models import (
     as_base64,
     encode,
+    jpeg_scan_bomb,
     png_declaring,
     png_files,
     problem,
@@ -38,6 +39,7 @@ def settings(settings: Settings) -> Settings:
         "max_body_bytes": MAX_BODY,
         "model_poll_seconds": 0.05,
         "max_batch_size": 8,
+        "max_request_pixels": 4 * 1024 * 1024,
     }
     return settings.model_copy(update=limits)
 
@@ -180,6 +182,20 @@ def test_a_model_registered_since_the_last_poll_answers_the_next_request(
 
 def test_a_non_image_with_no_model_is_a_4xx_not_a_503(client: TestClient) -> None:
     problem(client.post("/predict", files=files([b"not an image at all"])), 415)
+
+
+def test_decode_bombs_are_refused_before_any_decoding(client: TestClient, settings: Settings) -> None:
+    """A 20,000-scan JPEG is a 422 (also with no model: images are checked first), and a request
+    whose images add up to more pixels than SWEEPSERVE_MAX_REQUEST_PIXELS is a 413."""
+    bomb = jpeg_scan_bomb(scans=2_000, size=256)  # the body limit here is 64 KiB
+    body = problem(
+        client.post("/predict", params={"resize": True}, files=files([bomb], mime="image/jpeg")), 422
+    )
+    assert "2000 scans" in body["detail"] and body["index"] == 0
+    flat = encode(np.zeros((1024, 1024, 3), np.uint8))  # 1 M pixels in a few KB of PNG
+    count = settings.max_request_pixels // (1024 * 1024) + 1
+    body = problem(client.post("/predict", params={"resize": True}, files=files([flat] * count)), 413)
+    assert f"at most {settings.max_request_pixels} are decoded per request" in body["detail"]
 
 
 @sqlite_only

@@ -9,8 +9,17 @@ import pytest
 from PIL import Image
 
 from app.errors import ImageRejected
-from app.serving.imaging import MAX_PIXELS, DecodeOptions, decode_all, decode_base64, decode_image
-from tests.served_models import encode, png_declaring
+from app.serving.imaging import (
+    MAX_JPEG_SCANS,
+    MAX_PIXELS,
+    DecodeOptions,
+    decode_all,
+    decode_base64,
+    decode_image,
+    inspect_all,
+    inspect_image,
+)
+from tests.served_models import encode, jpeg_scan_bomb, png_declaring
 
 STRICT = DecodeOptions()
 RESIZE = DecodeOptions(resize=True)
@@ -127,3 +136,23 @@ def test_base64_garbage_is_refused(text: str) -> None:
     with pytest.raises(ImageRejected) as info:
         decode_base64(text, 2)
     assert info.value.status == 422 and info.value.index == 2
+
+
+def test_a_progressive_jpeg_with_absurd_scan_counts_is_refused_from_its_bytes() -> None:
+    bomb = jpeg_scan_bomb(scans=20_000)
+    assert len(bomb) < 300_000 and bomb.count(b"\xff\xda") == 20_000
+    with pytest.raises(ImageRejected) as refused:
+        inspect_image(bomb, 3, RESIZE)  # from the header and a byte count: nothing is decoded
+    assert (refused.value.status, refused.value.index) == (422, 3)
+    assert "20000 scans" in str(refused.value) and f"at most {MAX_JPEG_SCANS}" in str(refused.value)
+    ordinary = jpeg_scan_bomb(scans=12, size=64)  # libjpeg's script plus two: decodes as usual
+    assert inspect_image(ordinary, 0, RESIZE) == 64 * 64
+    assert decode_image(ordinary, 0, RESIZE).shape == (32, 32, 3)
+
+
+def test_inspect_all_counts_pixels_and_refuses_a_request_over_its_total() -> None:
+    blobs = [encode(np.zeros((64, 64, 3), np.uint8)) for _ in range(3)]
+    assert inspect_all(blobs, RESIZE, max_total_pixels=3 * 64 * 64) == 3 * 64 * 64
+    with pytest.raises(ImageRejected) as refused:
+        inspect_all(blobs, RESIZE, max_total_pixels=2 * 64 * 64 + 1)
+    assert (refused.value.status, refused.value.index) == (413, 2)

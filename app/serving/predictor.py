@@ -148,6 +148,11 @@ class Predictor:
         probs = await self._batcher.submit(model, pixels, tta)  # no await in between: queued at once
         return {"model": model.info.public(), "predictions": [_prediction(p, model.classes) for p in probs]}
 
+    async def infer(self, model: LoadedModel, images: np.ndarray) -> np.ndarray:
+        """Probabilities of already-decoded uint8 images (N x 32 x 32 x 3), on the shared batcher
+        (and under its queue bound: Overloaded -> 503)."""
+        return await self._batcher.submit(model, images, tta=False)
+
     @contextlib.contextmanager
     def _decoding(self, pixels: int) -> Iterator[None]:
         """Admission by decoded pixels: a request that would push the pixels being decoded past

@@ -16,7 +16,7 @@ from app.api.main import create_app
 from app.settings import Settings
 
 KEY = "correct horse battery staple"
-PUBLIC = {("GET", "/healthz"), ("GET", "/readyz")}
+PUBLIC = {("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/v2/health/live"), ("GET", "/v2/health/ready")}
 PAGES = ["/", "/ui/jobs/1", "/ui/predict", "/static/job.js", "/docs", "/openapi.json"]
 
 

@@ -3,18 +3,20 @@
     python bench/time_to_accuracy.py [--budget-seconds 600] [--recipes default,report] [--json FILE]
 
 For each recipe, on the shared CIFAR-10 copy (45,000 train / 5,000 validation / 10,000 test):
-1. probe: time a few training steps and a validation pass of this recipe on this device;
-2. plan: the recipe's own epochs on all 45,000 images if they fit in the budget; else the
-   training time the evaluations leave, spread over as many epochs as it takes to see every
-   image (a stratified subset when the last epoch would not fit whole). The schedule (warm-up,
-   one-cycle) is laid out over the planned epochs, so it completes;
+1. probe: `ml.plan.measure`, the trainer's own measurement: a few training steps and a
+   validation slice of this recipe on this device;
+2. plan: `ml.plan.plan`, the trainer's own planner (what `train.time_budget_s` does): the
+   recipe's own epochs on all 45,000 images if they fit in the budget; else the training time
+   the evaluations leave, spread over as many epochs as it takes to see every image (a fresh
+   random draw of `epoch_images` each epoch when the last would not fit whole). The schedule
+   (warm-up, one-cycle) is laid out over the planned epochs, so it completes;
 3. train with `ml.train.run_trial`: the checkpoint with the best validation accuracy is tested
    once on the 10,000 test images. A guard stops before an epoch that would end past the budget
    (the best checkpoint so far is still tested). The budget covers the whole `run_trial`; the
    probe is reported apart.
 
-Recipes: `default` (TrainConfig(): CIFAR-stem ResNet-18, batch 512, SGD+Nesterov, one-cycle,
-label smoothing, cutout, EMA, flip TTA); `report` (ml.config.REPORT_RECIPE: torchvision stem,
+Recipes: `cpu` (preset cpu); `default` (TrainConfig(): CIFAR-stem ResNet-18, batch 512,
+SGD+Nesterov, one-cycle, label smoothing, cutout, EMA, flip TTA); `report` (ml.config.REPORT_RECIPE: torchvision stem,
 batch 32, SGD 0.01, constant); `default_imagenet_stem` (the default recipe on the report's
 cheaper torchvision-stem network, to separate the recipe from the network's cost).
 `--complete` skips the planning and trains each recipe's own epochs on all images (bench/gpu.sh).
@@ -27,7 +29,7 @@ import math
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -36,92 +38,29 @@ sys.path.insert(0, str(REPO))  # run as a script from anywhere
 
 
 from bench.cifar10 import DEFAULT_CACHE, extracted, find_archive  # noqa: E402
-from bench.train_throughput import EngineLoop, machine, pick_device, report  # noqa: E402
+from bench.train_throughput import machine, pick_device, report  # noqa: E402
 from ml.config import REPORT_RECIPE, DataConfig, TrainConfig  # noqa: E402
-from ml.data import MEAN, STD, Dataset, load_dataset, make_splits  # noqa: E402
-from ml.environment import determinism  # noqa: E402
-from ml.evaluate import evaluate  # noqa: E402
+from ml.data import Dataset, load_dataset, make_splits  # noqa: E402
+from ml.environment import determinism, select_runtime  # noqa: E402
+from ml.plan import DoesNotFit, Plan, Speed, measure, plan  # noqa: E402
 from ml.train import Decision, EpochMetrics, TrialHooks, run_trial  # noqa: E402
 
 RECIPES: dict[str, dict[str, Any]] = {
     "default": {},
+    "cpu": {"preset": "cpu"},
     "report": REPORT_RECIPE,
     "default_imagenet_stem": {"arch": "resnet18_imagenet"},
 }
 VAL_SIZE = 5000
-SAFETY = 0.9  # of the budget planned for: probes are noisy and other processes share the machine
 
 
-class DoesNotFit(Exception):
-    """Not even one batch and the evaluations of this recipe fit in the budget on this device."""
-
-
-@dataclass
-class Probe:
-    train_images_per_second: float
-    eval_images_per_second: float
-    setup_seconds: float
-    seconds: float  # the probe's own wall time
-
-
-@dataclass
-class Plan:
-    epochs: int
-    train_images: int
-    expected_seconds: float
-
-
-def probe(cfg: TrainConfig, dataset: Dataset, device_ids: list[int], seconds: float) -> Probe:
+def probe(cfg: TrainConfig, dataset: Dataset, device_ids: list[int], seconds: float) -> Speed:
+    """The trainer's own measurement (ml.plan.measure), on this recipe and device."""
     start = time.perf_counter()
-    splits = make_splits(dataset, DataConfig(val_size=_val_size(dataset)), seed=cfg.seed)
-    loop = EngineLoop(cfg, splits, device_ids)
-    setup_seconds = time.perf_counter() - start
-    loop.window(0.0)  # one warm-up step
-    train_rate = loop.window(seconds)
-    s = loop.setup
-    n = min(len(s.val_y), 2 * cfg.batch_size)
-    eval_start = time.perf_counter()
-    evaluate(
-        s.eval_runner,
-        s.val_x[:n],
-        s.val_y[:n],
-        cfg.batch_size,
-        MEAN,
-        STD,
-        cfg.tta,
-        cfg.channels_last,
-        s.runtime.precision,
-    )
-    eval_rate = n / (time.perf_counter() - eval_start)
-    return Probe(train_rate, eval_rate, setup_seconds, time.perf_counter() - start)
-
-
-def plan(cfg: TrainConfig, measured: Probe, budget: float, n_train: int, n_val: int, n_test: int) -> Plan:
-    """Epochs and training images whose schedule completes within `budget` seconds, using it all.
-
-    The recipe's own epochs on every image when they fit. Otherwise the training passes get what
-    the fixed costs (set-up, a validation per epoch, the final test) leave, spread over as many
-    epochs as it takes to see every image once or more: e.g. 2 epochs of 42,000 images rather than
-    1 epoch of 45,000 and half the budget unused."""
-    fixed = measured.setup_seconds + n_test / measured.eval_images_per_second
-    validation = n_val / measured.eval_images_per_second
-
-    def trainable(epochs: int) -> float:
-        return (SAFETY * budget - fixed - epochs * validation) * measured.train_images_per_second
-
-    smallest_epoch = min(cfg.batch_size, n_train)
-    epochs = min(cfg.epochs, max(1, math.ceil(trainable(1) / n_train)))
-    # Each extra epoch costs a validation: never spread the time so thin an epoch lacks a batch.
-    while epochs > 1 and trainable(epochs) / epochs < smallest_epoch:
-        epochs -= 1
-    images = min(n_train, math.floor(trainable(epochs) / epochs))
-    if images < smallest_epoch:
-        raise DoesNotFit(
-            f"{budget:.0f} s do not fit one batch plus validation and test here "
-            f"(set-up and evaluations alone take {fixed + validation:.0f} s at the probed speed)"
-        )
-    expected = fixed + epochs * (validation + images / measured.train_images_per_second)
-    return Plan(epochs, images, expected)
+    splits = make_splits(dataset, DataConfig(val_size=_val_size(dataset)))
+    speed = measure(cfg, splits, select_runtime(cfg, device_ids), False, seconds)
+    speed.seconds = time.perf_counter() - start  # with the split, which the budget does not cover
+    return speed
 
 
 class BudgetGuard(TrialHooks):
@@ -141,7 +80,7 @@ def run_recipe(name: str, dataset: Dataset, device_ids: list[int], args: Any) ->
     cfg = TrainConfig(**RECIPES[name])
     print(f"{name}: {cfg.arch}, batch {cfg.batch_size}, lr {cfg.lr}, {cfg.schedule}", flush=True)
     n_train, n_val = len(dataset.train_y) - _val_size(dataset), _val_size(dataset)
-    measured, chosen = None, Plan(cfg.epochs, n_train, math.nan)
+    measured, chosen = None, Plan(cfg.epochs, n_train, cfg.batch_size, math.nan, math.nan, None)
     if not args.complete:
         measured = probe(cfg, dataset, device_ids, args.probe_seconds)
         print(f"  probe: {measured}", flush=True)
@@ -151,7 +90,7 @@ def run_recipe(name: str, dataset: Dataset, device_ids: list[int], args: Any) ->
             print(f"  {name}: {exc}", flush=True)
             return {"recipe": name, "probe": asdict(measured), "does_not_fit": str(exc)}
         print(f"  plan: {chosen}", flush=True)
-    cfg = cfg.model_copy(update={"epochs": chosen.epochs})
+    cfg = chosen.apply(cfg, n_train)
     done = train_planned(cfg, chosen, dataset, device_ids, args)
     print(
         f"  {name}: test accuracy {done['test_accuracy']:.4f} (best val {done['best_val_accuracy']:.4f} "
@@ -165,8 +104,7 @@ def train_planned(
     cfg: TrainConfig, chosen: Plan, dataset: Dataset, device_ids: list[int], args: Any
 ) -> dict[str, Any]:
     """run_trial on the planned epochs and images; selects on validation, tests once."""
-    data_cfg = DataConfig(val_size=_val_size(dataset), train_limit=chosen.train_images)
-    splits = make_splits(dataset, data_cfg, seed=cfg.seed)
+    splits = make_splits(dataset, DataConfig(val_size=_val_size(dataset)))
     deadline = time.monotonic() + (math.inf if args.complete else args.budget_seconds)
     guard = BudgetGuard(deadline, cfg.epochs)
     start = time.perf_counter()
@@ -228,7 +166,7 @@ def print_summary(results: dict[str, Any]) -> None:
         plan_ = r["plan"]
         stopped = " (budget guard)" if r["stopped_by_budget"] else ""
         print(
-            f"| {r['recipe']} | {r['epochs_run']}/{plan_['epochs']} x {plan_['train_images']}{stopped} | "
+            f"| {r['recipe']} | {r['epochs_run']}/{plan_['epochs']} x {plan_['epoch_images']}{stopped} | "
             f"{r['wall_seconds']:.0f} | {r['train_seconds'] / r['epochs_run']:.2f} | "
             f"{r['best_val_accuracy']:.4f} ({r['best_epoch']}) | "
             f"{r['test_accuracy']:.4f} |"

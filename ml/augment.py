@@ -137,15 +137,18 @@ def train_batches(
     generator: torch.Generator,
     channels_last: bool = True,
     epoch: int = 1,
+    epoch_images: int | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Epoch `epoch` (1-based) of shuffled, augmented batches of the device-resident set (see
-    `steps_per_epoch`). Only `flip_mode: alternate` depends on the epoch."""
+    `steps_per_epoch`), of its first `epoch_images` in a fresh random order when given (a new
+    draw each epoch). Only `flip_mode: alternate` depends on the epoch."""
     order = torch.randperm(len(y), device=x.device, generator=generator)
-    size = min(batch_size, len(y))
+    n = len(y) if epoch_images is None else min(epoch_images, len(y))
+    size = min(batch_size, n)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     alternate = cfg.flip and cfg.flip_mode == "alternate"
     mirrored = alternating_flips(len(y), epoch, generator) if alternate else None
-    for step in range(steps_per_epoch(len(y), batch_size)):
+    for step in range(steps_per_epoch(n, batch_size)):
         idx = order[step * size : (step + 1) * size]
         mirror = None if mirrored is None else mirrored[idx]
         images = augment_batch(x[idx], cfg, mean, std, generator, mirror)

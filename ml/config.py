@@ -1,9 +1,12 @@
 """The parts of a job's spec (`ml.job.JobSpec`): what one trial trains with (`TrainConfig`), on
 which data, over which search space, with which early-stopping rule.
 
-The defaults of `TrainConfig` are the project's recipe (CIFAR-stem ResNet-18, SGD+Nesterov,
+The defaults of `TrainConfig` are the project's GPU recipe (CIFAR-stem ResNet-18, SGD+Nesterov,
 one-cycle, label smoothing, EMA, flip TTA). They are the defaults in one place, with units.
-The original report's settings stay expressible: see `REPORT_RECIPE`.
+`train.preset` picks a whole recipe (`PRESETS`: gpu, the default; cpu; report, the original
+report's settings); the fields a spec gives explicitly override the preset's. Presets and the
+batch-size scaling of `lr` are resolved when the spec is validated, so a stored spec shows the
+values a trial really trains with (see `TrainConfig._resolve_preset`).
 """
 
 from __future__ import annotations
@@ -37,7 +40,11 @@ class AugmentConfig(Strict):
     flip_mode: Literal["random", "alternate"] = "random"  # alternate: each image mirrored every other epoch
 
 
+Preset = Literal["gpu", "cpu", "report"]
+
+
 class TrainConfig(Strict):
+    preset: Preset = "gpu"  # the recipe the unset fields come from (PRESETS); resolved at validation
     # --- model ---
     arch: Literal["resnet18", "resnet18_imagenet"] = "resnet18"  # CIFAR stem or torchvision's
     pretrained: bool = False  # ImageNet weights; resnet18_imagenet with batch norm only
@@ -45,14 +52,23 @@ class TrainConfig(Strict):
     norm: Literal["batch", "group"] = "batch"
     # --- optimisation ---
     epochs: Annotated[int, Field(ge=1, le=1000)] = 40
+    # training images per epoch, a fresh random draw each epoch; None = the whole training set
+    epoch_images: Annotated[int, Field(ge=1, le=MAX_IMAGES)] | None = None
+    # the whole trial (set-up, training, every evaluation) within this many seconds: the trainer
+    # measures its speed and plans epochs, epoch_images and batch_size (ml.plan); None = no budget
+    time_budget_s: Annotated[float, Field(ge=10, le=7 * 24 * 3600)] | None = None
     batch_size: Annotated[int, Field(ge=1, le=MAX_BATCH_SIZE)] = 512  # global batch, never x n_gpus
     optimizer: Literal["sgd", "adamw"] = "sgd"
-    lr: Annotated[float, Field(gt=0, le=10)] = 0.4  # peak lr (0.1 per 128 images, scaled)
+    lr: Annotated[float, Field(gt=0, le=10)] = 0.4  # peak lr at lr_reference_batch; resolved: at batch_size
+    # lr is scaled linearly from this batch to batch_size at validation; after it, equals batch_size
+    lr_reference_batch: Annotated[int, Field(ge=1, le=MAX_BATCH_SIZE)] = 512
     momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
     nesterov: bool = True
     weight_decay: Annotated[float, Field(ge=0, le=1)] = 5e-4
     schedule: Literal["onecycle", "cosine", "constant"] = "onecycle"
     warmup_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.15  # of all steps: linear rise to lr
+    # the rise never reaches lr in fewer steps than this, however short the run (see ml.optim)
+    warmup_min_steps: Annotated[int, Field(ge=0, le=100_000)] = 400
     label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.1
     augment: AugmentConfig = AugmentConfig(cutout=8)
     ema_decay: Annotated[float, Field(ge=0, lt=1)] = 0.999  # per step; 0 = no EMA of weights
@@ -68,11 +84,47 @@ class TrainConfig(Strict):
     deterministic: bool = False  # torch.use_deterministic_algorithms
     seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = 0
 
+    @model_validator(mode="before")
+    @classmethod
+    def _resolve_preset(cls, data: Any) -> Any:
+        """Fill the fields the input lacks from its preset, then scale lr to the batch size.
+
+        Idempotent: a resolved config has every field and lr_reference_batch == batch_size, so
+        validating it again (a stored spec, a resumed trial) changes nothing."""
+        if not isinstance(data, dict) or data.get("preset", "gpu") not in PRESETS:
+            return data  # a TrainConfig already, or a bad preset the field's validation reports
+        given = dict(data)
+        resolved = {**PRESETS[given.get("preset", "gpu")], **given}
+        preset_augment = PRESETS[given.get("preset", "gpu")].get("augment")
+        if isinstance(given.get("augment"), dict) and isinstance(preset_augment, dict):
+            resolved["augment"] = {**preset_augment, **given["augment"]}  # one level deeper
+        if "lr" in given and "lr_reference_batch" not in given:  # an explicit lr is the lr at batch_size
+            default_batch = cls.model_fields["batch_size"].default
+            resolved["lr_reference_batch"] = resolved.get("batch_size", default_batch)
+        return _scale_lr(resolved)
+
     @model_validator(mode="after")
     def _pretrained_needs_imagenet_batchnorm(self) -> TrainConfig:
         if self.pretrained and (self.arch != "resnet18_imagenet" or self.norm != "batch"):
             raise ValueError("pretrained weights exist only for arch resnet18_imagenet with norm batch")
+        if self.time_budget_s is not None and self.parallel == "ddp":
+            # each rank would measure and plan on its own, and the plans could differ
+            raise ValueError("time_budget_s is not supported with parallel 'ddp'")
         return self
+
+
+def _scale_lr(values: dict[str, Any]) -> dict[str, Any]:
+    """lr given for lr_reference_batch images becomes the lr for batch_size (the linear rule)."""
+    defaults = TrainConfig.model_fields
+    batch = values.get("batch_size", defaults["batch_size"].default)
+    reference = values.get("lr_reference_batch", defaults["lr_reference_batch"].default)
+    lr = values.get("lr", defaults["lr"].default)
+    numbers = all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (batch, reference))
+    if not numbers or isinstance(lr, bool) or not isinstance(lr, int | float):
+        return values  # the fields' own validation reports the bad value
+    if reference != batch:
+        lr = lr * batch / reference
+    return {**values, "lr": lr, "lr_reference_batch": batch}
 
 
 # The original report's setup, for side-by-side comparisons (86.44 % after 50 epochs there).
@@ -91,12 +143,32 @@ REPORT_RECIPE: dict[str, Any] = {
     "augment": {"crop": True, "flip": True, "cutout": 0},
     "ema_decay": 0.0,
     "tta": False,
+    "warmup_min_steps": 0,
+    "lr_reference_batch": 32,
 }
+
+# CPU recipe: the torchvision-stem network (15x fewer FLOPs than the CIFAR stem at 32x32), a
+# batch and lr measured on the project's 2-vCPU EPYC (docs/benchmarks.md), no cutout (it only
+# pays off over many epochs).
+CPU_RECIPE: dict[str, Any] = {
+    "arch": "resnet18_imagenet",
+    "epochs": 10,
+    "batch_size": 256,
+    "lr": 0.2,
+    "lr_reference_batch": 256,
+    "warmup_min_steps": 100,
+    "augment": {"cutout": 0},
+    "ema_decay": 0.99,
+}
+
+# What each preset sets; the rest comes from TrainConfig's field defaults (the GPU recipe).
+PRESETS: dict[str, dict[str, Any]] = {"gpu": {}, "cpu": CPU_RECIPE, "report": REPORT_RECIPE}
 
 
 class DataConfig(Strict):
     dataset: Literal["cifar10"] = "cifar10"
     val_size: Annotated[int, Field(ge=1, le=MAX_IMAGES)] = 5000  # held out of train, stratified and seeded
+    split_seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = 0  # draws the validation split; not train.seed
     train_limit: Annotated[int, Field(ge=1, le=MAX_IMAGES)] | None = None  # stratified subset of train
 
 
@@ -143,6 +215,9 @@ class SearchSpec(Strict):
         unknown = sorted(set(self.space) - set(TrainConfig.model_fields))
         if unknown:
             raise ValueError(f"search.space keys must be train fields; unknown: {', '.join(unknown)}")
+        if "preset" in self.space:
+            # a point is the base config with its keys replaced: the base's values would win
+            raise ValueError("train.preset cannot be swept; submit one job per preset")
         if self.strategy == "grid":
             ranges = [k for k, v in self.space.items() if isinstance(v, RangeSpec)]
             if ranges:

@@ -57,6 +57,12 @@ class Splits:
     test_x: torch.Tensor
     test_y: torch.Tensor
     classes: list[str]
+    val_fingerprint: str = ""  # sha256 of the validation indices: the same for the same split
+
+
+def fingerprint(indices: np.ndarray) -> str:
+    """Names a validation set: equal fingerprints, equal images (of the same data set)."""
+    return hashlib.sha256(np.ascontiguousarray(indices, dtype="<i8").tobytes()).hexdigest()
 
 
 # --- loading -------------------------------------------------------------------------------------
@@ -197,9 +203,12 @@ def _write_cache(data_dir: Path, key: str, ds: Dataset) -> None:
 # --- splits --------------------------------------------------------------------------------------
 
 
-def make_splits(ds: Dataset, cfg: DataConfig, seed: int) -> Splits:
-    """Hold `cfg.val_size` images out of train and cap train at `cfg.train_limit`, both stratified."""
-    rng = np.random.default_rng([seed, _SPLIT_STREAM])
+def make_splits(ds: Dataset, cfg: DataConfig, seed: int | None = None) -> Splits:
+    """Hold `cfg.val_size` images out of train and cap train at `cfg.train_limit`, both stratified.
+
+    The draw is seeded by `cfg.split_seed` (or `seed`, when given), never by a trial's training
+    seed: every trial of a job is selected on the same validation images."""
+    rng = np.random.default_rng([cfg.split_seed if seed is None else seed, _SPLIT_STREAM])
     n_classes = len(ds.classes)
     by_class = [rng.permutation(np.flatnonzero(ds.train_y == c)) for c in range(n_classes)]
     sizes = np.array([len(idx) for idx in by_class])
@@ -220,6 +229,7 @@ def make_splits(ds: Dataset, cfg: DataConfig, seed: int) -> Splits:
         *_to_tensors(ds.train_x[val_idx], ds.train_y[val_idx]),
         *_to_tensors(ds.test_x, ds.test_y),
         classes=list(ds.classes),
+        val_fingerprint=fingerprint(val_idx),
     )
 
 

@@ -187,15 +187,17 @@ class SplitArrays:
 
     arrays: dict[str, np.ndarray]
     classes: list[str]
+    val_fingerprint: str = ""
 
     @classmethod
     def pack(cls, splits: Splits) -> SplitArrays:
         names = ("train_x", "train_y", "val_x", "val_y", "test_x", "test_y")
-        return cls({name: _to_numpy(getattr(splits, name)) for name in names}, list(splits.classes))
+        arrays = {name: _to_numpy(getattr(splits, name)) for name in names}
+        return cls(arrays, list(splits.classes), splits.val_fingerprint)
 
     def unpack(self) -> Splits:
         tensors = {name: _from_numpy(array) for name, array in self.arrays.items()}
-        return Splits(**tensors, classes=list(self.classes))
+        return Splits(**tensors, classes=list(self.classes), val_fingerprint=self.val_fingerprint)
 
 
 def _to_numpy(tensor: torch.Tensor) -> np.ndarray:

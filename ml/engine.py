@@ -27,6 +27,8 @@ from ml.data import MEAN, STD, Splits
 from ml.environment import Runtime, describe, determinism, seed_everything
 from ml.evaluate import evaluate
 from ml.models import unwrap
+from ml.plan import Plan, measure, probe_seconds
+from ml.plan import plan as plan_budget
 from ml.setup import TrialSetup, build_setup
 from ml.status import Decision, TrialStatus, status_after
 
@@ -67,6 +69,10 @@ class TrialHooks:
         TrialAborted."""
         return False
 
+    def planned(self, plan: Plan, cfg: TrainConfig) -> None:
+        """A fresh trial with a time budget has measured its speed and planned (`cfg` is the
+        planned config it trains with); not called on resume, which reuses the saved plan."""
+
 
 class TrialAborted(RuntimeError):
     """`should_stop` returned True; last.pt holds the last finished epoch."""
@@ -80,7 +86,7 @@ class TrialResult:
     best_val_accuracy: float | None
     test_accuracy: float | None  # evaluated once, with best.pt's weights; None when cancelled or paused
     best_checkpoint: Path | None
-    environment: dict[str, Any] = field(default_factory=dict)
+    environment: dict[str, Any] = field(default_factory=dict)  # with "plan" under a time budget
     val_images: int = 0  # what the accuracies were measured on: their intervals need it
     test_images: int = 0
 
@@ -132,17 +138,63 @@ def train_process(
 ) -> TrialResult:
     """This process's part of a trial on `runtime`, as a member of `team` (see ml.train.run_trial)."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
     try:
         with determinism(cfg.deterministic, runtime.device):
+            cfg, plan, deadline = _plan_budget(cfg, splits, runtime, allow_download, out_dir, hooks, started)
             seed_everything(cfg.seed)
             setup = build_setup(cfg, splits, runtime, allow_download)
-            return _train(setup, out_dir, hooks, metadata, team)
+            extra = {"plan": plan.as_dict()} if plan is not None else {}
+            return _train(setup, out_dir, hooks, {**metadata, **extra}, team, deadline)
     finally:
         _release_memory(runtime.device, cfg.compile)
 
 
+def _plan_budget(
+    cfg: TrainConfig,
+    splits: Splits,
+    runtime: Runtime,
+    allow_download: bool,
+    out_dir: Path,
+    hooks: TrialHooks,
+    started: float,
+) -> tuple[TrainConfig, Plan | None, float | None]:
+    """(config to train, its plan, deadline) of a trial with a time budget; cfg unchanged without.
+
+    A resumed trial keeps the plan saved in its last.pt (its schedule was laid out over it) and
+    has no deadline: the interruption already broke the budget."""
+    if cfg.time_budget_s is None:
+        return cfg, None, None
+    n_train = len(splits.train_y)
+    saved = trial_state.saved_plan(out_dir)
+    if saved is not None:
+        return saved.apply(cfg, n_train), saved, None
+    speed = measure(cfg, splits, runtime, allow_download, probe_seconds(cfg.time_budget_s))
+    left = cfg.time_budget_s - (time.monotonic() - started)
+    chosen = plan_budget(cfg, speed, left, n_train, len(splits.val_y), len(splits.test_y))
+    planned = chosen.apply(cfg, n_train)
+    log.info(
+        "time budget %.0f s: %d epochs x %d images, batch %d (expected %.0f s after %.0f s of measuring)",
+        cfg.time_budget_s,
+        chosen.epochs,
+        chosen.epoch_images,
+        chosen.batch_size,
+        chosen.expected_seconds,
+        speed.seconds,
+    )
+    hooks.planned(chosen, planned)
+    # the last epoch must end early enough for the final test
+    test_seconds = len(splits.test_y) / speed.eval_images_per_second
+    return planned, chosen, started + cfg.time_budget_s - test_seconds
+
+
 def _train(
-    setup: TrialSetup, out_dir: Path, hooks: TrialHooks, metadata: dict[str, Any], team: Team
+    setup: TrialSetup,
+    out_dir: Path,
+    hooks: TrialHooks,
+    metadata: dict[str, Any],
+    team: Team,
+    deadline: float | None = None,
 ) -> TrialResult:
     cfg = setup.cfg
     history = [EpochMetrics(**m) for m in team.resume(setup, out_dir)]
@@ -152,10 +204,16 @@ def _train(
         decision = hooks.restored(list(history)) or Decision.CONTINUE
     compile_seconds = setup.wrap()
     environment = describe(setup.runtime, cfg, compile_seconds, compiled=setup.compiled)
+    if "plan" in metadata:
+        environment["plan"] = metadata["plan"]
     epoch = len(history) + 1
     while decision is Decision.CONTINUE and epoch <= cfg.epochs:
         if hooks.should_stop():
             raise TrialAborted(f"stopped before epoch {epoch}: should_stop() returned True")
+        if deadline is not None and history and time.monotonic() + history[-1].seconds > deadline:
+            log.warning("time budget: stopping before epoch %d, which would end past the deadline", epoch)
+            environment["plan"] = {**environment["plan"], "stopped_before_epoch": epoch}
+            break
         metrics = _run_epoch(setup, epoch, hooks.should_stop, team)
         history.append(metrics)
         if team.leader:

@@ -30,6 +30,18 @@ class JobSpec(Strict):
     _points: list[TrialPoint] = PrivateAttr(default_factory=list)
 
     @model_validator(mode="after")
+    def _budget_or_early_stopping(self) -> JobSpec:
+        budgeted = self.train.time_budget_s is not None or "time_budget_s" in self.search.space
+        if budgeted and self.early_stopping.strategy != "none":
+            # A budget sets a trial's epochs from its measured speed; ASHA's rungs and the median
+            # rule compare trials epoch by epoch, which trials of different lengths break.
+            raise ValueError(
+                "train.time_budget_s and early_stopping cannot be combined: a budget plans each "
+                "trial's epochs from its own speed; drop one of them"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _expand_the_space(self) -> JobSpec:
         self._points = expand(self.search, self.train)  # ValueError names the bad point or the count
         return self

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 
@@ -46,7 +47,8 @@ def build_optimizer(net: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int) -> LambdaLR:
     """Stepped once per batch. The lambda is a `LaidSchedule`: its attributes are plain data, which
     LambdaLR saves in its state dict (no code), so a resumed run keeps its extensions."""
-    return LambdaLR(optimizer, LaidSchedule(cfg.schedule, cfg.warmup_fraction, steps_per_epoch, cfg.epochs))
+    laid = LaidSchedule(cfg.schedule, cfg.warmup_fraction, steps_per_epoch, cfg.epochs, cfg.warmup_min_steps)
+    return LambdaLR(optimizer, laid)
 
 
 class LaidSchedule:
@@ -57,10 +59,23 @@ class LaidSchedule:
     fraction of the new steps) up to the lr that a run planned for `end` epochs from the start
     would have at `start`, then the schedule's fall to ~0 at its new last step. Not a restart at
     the peak: the continued run is the tail of a longer run, after a short re-warm.
+
+    The first leg also has the warm-up floor: min((s+1)/(W+1), factor(s)) with W =
+    `warmup_min_steps`, so the lr never rises faster than to the peak in W steps. A warm-up that is
+    a fraction of the run is a few steps in a short run (10 steps to lr 0.4 in one epoch at batch
+    512), and such a run diverges; in a short run the rise meets the schedule's fall below the peak.
     """
 
-    def __init__(self, schedule: str, warmup_fraction: float, steps_per_epoch: int, epochs: int) -> None:
+    def __init__(
+        self,
+        schedule: str,
+        warmup_fraction: float,
+        steps_per_epoch: int,
+        epochs: int,
+        warmup_min_steps: int = 0,
+    ) -> None:
         self.schedule, self.warmup_fraction, self.steps_per_epoch = schedule, warmup_fraction, steps_per_epoch
+        self.warmup_min_steps = warmup_min_steps
         self.legs: list[list[int]] = [[0, epochs]]  # [start epoch, end epoch]: lists, for the state dict
 
     @property
@@ -78,7 +93,7 @@ class LaidSchedule:
         first, total = start * self.steps_per_epoch, end * self.steps_per_epoch
         planned = self._factor(total)
         if start == 0:
-            return planned(step)
+            return min((step + 1) / (self.warmup_min_steps + 1), planned(step))
         return planned(first) * self._factor(total - first)(step - first)
 
     def _factor(self, total: int) -> Callable[[int], float]:
@@ -90,22 +105,21 @@ def lr_factor(schedule: str, warmup_steps: int, total_steps: int) -> Callable[[i
 
     onecycle: linear rise to the peak over the warm-up, then linear fall to ~0 at the last step.
     cosine:   linear rise over the warm-up, then half a cosine down to ~0.
-    constant: the peak throughout (warm-up ignored).
+    constant: the peak throughout (warm-up ignored; `LaidSchedule`'s floor still applies).
     """
     if schedule == "constant":
         return _constant
-    warmup = min(warmup_steps, total_steps - 1)
+    return functools.partial(_shaped, schedule, min(warmup_steps, total_steps - 1), total_steps)
+
+
+def _shaped(schedule: str, warmup: int, total_steps: int, step: int) -> float:
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
     decay_steps = total_steps - warmup
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / (warmup + 1)
-        done = min(step - warmup, decay_steps - 1) / decay_steps  # in [0, 1): never exactly zero
-        if schedule == "cosine":
-            return 0.5 * (1.0 + math.cos(math.pi * done))
-        return 1.0 - done
-
-    return factor
+    done = min(step - warmup, decay_steps - 1) / decay_steps  # in [0, 1): never exactly zero
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * done))
+    return 1.0 - done
 
 
 def _constant(step: int) -> float:

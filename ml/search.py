@@ -95,8 +95,14 @@ def _sample(value: list[Any] | RangeSpec, rng: random.Random) -> Any:
 
 
 def _apply(base: TrainConfig, params: dict[str, Any]) -> TrainConfig:
+    """The base config with the point's values. The base's lr is its lr at its batch size
+    (lr_reference_batch == batch_size), so a point that changes batch_size alone scales lr
+    linearly; a point that sets lr gets exactly that lr."""
+    values = {**base.model_dump(), **params}
+    if "lr" in params and "lr_reference_batch" not in params:
+        del values["lr_reference_batch"]
     try:
-        return TrainConfig.model_validate({**base.model_dump(), **params})
+        return TrainConfig.model_validate(values)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "train"

@@ -46,6 +46,7 @@ class TrialSetup:
     runner: nn.Module = field(init=False)  # net as trained: wrapped by `wrap` for DataParallel/compile
     eval_runner: nn.Module = field(init=False)  # eval_net as evaluated, likewise
     compiled: bool = False
+    val_fingerprint: str = ""  # of the validation split (ml.data.fingerprint); checked at resume
 
     def __post_init__(self) -> None:
         self.runner, self.eval_runner = self.net, self.eval_net
@@ -63,6 +64,7 @@ class TrialSetup:
             self.generator,
             cfg.channels_last,
             epoch,
+            cfg.epoch_images,
         )
 
     @property
@@ -130,7 +132,8 @@ def build_setup(cfg: TrainConfig, splits: Splits, runtime: Runtime, allow_downlo
     net = build_model(cfg, len(splits.classes), allow_download)
     net = net.to(device=runtime.device, memory_format=memory_format)
     optimizer = build_optimizer(net, cfg)
-    scheduler = build_scheduler(optimizer, cfg, steps_per_epoch(len(splits.train_y), cfg.batch_size))
+    n_train = len(splits.train_y) if cfg.epoch_images is None else min(cfg.epoch_images, len(splits.train_y))
+    scheduler = build_scheduler(optimizer, cfg, steps_per_epoch(n_train, cfg.batch_size))
     data = [
         t.to(runtime.device, non_blocking=True)
         for t in (splits.train_x, splits.train_y, splits.val_x, splits.val_y, splits.test_x, splits.test_y)
@@ -151,4 +154,5 @@ def build_setup(cfg: TrainConfig, splits: Splits, runtime: Runtime, allow_downlo
         val_y=data[3],
         test_x=data[4],
         test_y=data[5],
+        val_fingerprint=splits.val_fingerprint,
     )

@@ -18,8 +18,10 @@ from typing import Any, Protocol, TypeVar
 
 from ml import extension
 from ml.checkpoint import inference_checkpoint, load_checkpoint, save_atomic
+from ml.config import TrainConfig
 from ml.data import MEAN, STD
 from ml.environment import restore_rng_state, rng_state
+from ml.plan import Plan
 from ml.selection import first_best
 from ml.setup import TrialSetup
 
@@ -46,7 +48,13 @@ def best_epoch(history: list[ScoredT]) -> ScoredT | None:
 
 def save(setup: TrialSetup, out_dir: Path, history: list[Any], metadata: dict[str, Any]) -> None:
     latest = history[-1]
-    plain = {**metadata, "seed": setup.cfg.seed, "epoch": latest.epoch, "val_accuracy": latest.val_accuracy}
+    plain = {
+        **metadata,
+        "seed": setup.cfg.seed,
+        "epoch": latest.epoch,
+        "val_accuracy": latest.val_accuracy,
+        "val_fingerprint": setup.val_fingerprint,
+    }
     best = inference_checkpoint(setup.eval_net.state_dict(), setup.cfg, setup.classes, MEAN, STD, **plain)
     save_atomic({**best, **_training_state(setup), "history": [m.as_dict() for m in history]}, out_dir / LAST)
     if best_epoch(history) is latest:
@@ -72,7 +80,7 @@ def resume(setup: TrialSetup, out_dir: Path) -> list[dict[str, Any]]:
         return []
     ckpt = load_checkpoint(path)
     history = list(ckpt["history"])
-    extension.check_resumable(ckpt["metadata"]["config"], setup.cfg, len(history), path)
+    check_same_trial(path, ckpt["metadata"], setup, len(history))
     setup.net.load_state_dict(ckpt.get("train_model", ckpt["model"]))
     if setup.ema is not None:
         setup.ema.load_state_dict({"module": ckpt["model"], "updates": ckpt["ema_updates"]})
@@ -87,6 +95,29 @@ def resume(setup: TrialSetup, out_dir: Path) -> list[dict[str, Any]]:
     return history
 
 
+class SplitMismatch(ValueError):
+    """last.pt was trained and selected on other validation images than this attempt's."""
+
+
+def check_same_trial(path: Path, metadata: dict[str, Any], setup: TrialSetup, done_epochs: int) -> None:
+    """Refuse to resume from a checkpoint of another config (but for an extension's epochs, see
+    ml.extension) or another validation split.
+
+    The stored config goes through validation first: a checkpoint written before TrainConfig
+    gained a field compares equal once the field's default is filled in."""
+    stored = TrainConfig.model_validate(metadata["config"]).model_dump(mode="json")
+    extension.check_resumable(stored, setup.cfg, done_epochs, path)
+    written = metadata.get("val_fingerprint")
+    if not written:  # written before fingerprints were recorded: nothing to compare
+        log.warning("%s has no validation fingerprint; cannot check the split", path)
+    elif setup.val_fingerprint and written != setup.val_fingerprint:
+        raise SplitMismatch(
+            f"{path} was selected on another validation split (fingerprint {written[:12]}, now "
+            f"{setup.val_fingerprint[:12]}): data.split_seed, val_size, train_limit or the data set "
+            f"changed; resuming would compare epochs on different images"
+        )
+
+
 def _repair_best(out_dir: Path, last: dict[str, Any]) -> None:
     best = best_epoch([SimpleNamespace(**m) for m in last["history"]])
     if best is None or best.epoch != last["metadata"]["epoch"]:
@@ -94,6 +125,15 @@ def _repair_best(out_dir: Path, last: dict[str, Any]) -> None:
     path = out_dir / BEST
     if not path.is_file() or load_checkpoint(path)["metadata"].get("epoch") != best.epoch:
         save_atomic({k: v for k, v in last.items() if k not in _TRAINING_KEYS}, path)
+
+
+def saved_plan(out_dir: Path) -> Plan | None:
+    """The time-budget plan out_dir/last.pt was trained with, if any."""
+    path = out_dir / LAST
+    if not path.is_file():
+        return None
+    saved = load_checkpoint(path)["metadata"].get("plan")
+    return Plan.from_dict(saved) if saved else None
 
 
 def load_best_weights(setup: TrialSetup, path: Path) -> None:

@@ -247,6 +247,12 @@ def record_epochs(session: Session, claim: Claim, history: Sequence[Mapping[str,
     return bool(row.cancel_requested)
 
 
+def record_plan(session: Session, claim: Claim, plan: Mapping[str, Any], epochs: int) -> None:
+    """A time-budgeted trial's plan (ml.plan.Plan as a dict) and the epochs it plans. The plan is
+    kept under environment["plan"]; the finished trial's environment holds it too."""
+    _write_back(session, claim, (), environment={"plan": dict(plan)}, epochs=epochs)
+
+
 def _write_history(
     session: Session,
     claim: Claim,

@@ -16,12 +16,13 @@ from sqlalchemy.orm import Session
 
 from app.errors import LeaseLost
 from app.store.artifacts import discard_superseded
-from app.store.claims import Claim, record_epochs, siblings
+from app.store.claims import Claim, record_epochs, record_plan, siblings
 from app.worker.lease import Watch
 from ml import early_stopping
-from ml.config import EarlyStoppingSpec
+from ml.config import EarlyStoppingSpec, TrainConfig
 from ml.engine import EpochMetrics, TrialHooks
 from ml.job import JobSpec
+from ml.plan import Plan
 from ml.status import Decision
 
 log = logging.getLogger("sweepserve.worker")
@@ -87,6 +88,10 @@ class WorkerHooks(TrialHooks):
         discard_superseded(self.trial_path)
         log.info("epoch %d: val accuracy %.4f -> %s", metrics.epoch, metrics.val_accuracy, decision.value)
         return decision
+
+    def planned(self, plan: Plan, cfg: TrainConfig) -> None:
+        self._write(lambda session: record_plan(session, self.claim, plan.as_dict(), cfg.epochs), "plan")
+        log.info("planned %d epochs x %d images, batch %d", plan.epochs, plan.epoch_images, plan.batch_size)
 
     def should_stop(self) -> bool:
         return self.watch.lost.is_set() or self.watch.cancelled.is_set() or self.stop.is_set()

@@ -230,7 +230,7 @@ class WorkerLoop:
         spec = JobSpec.model_validate(claim.job_spec)
         cfg = TrainConfig.model_validate(claim.config)
         dataset = _dataset(spec.data.dataset, Path(self.settings.data_dir), self.settings.allow_download)
-        splits = make_splits(dataset, spec.data, seed=cfg.seed)
+        splits = make_splits(dataset, spec.data)  # split_seed: the same split for every trial
         trial_path = trial_dir(self.store.work_root, claim.job_id, claim.trial_id)
         return run_trial(
             cfg,

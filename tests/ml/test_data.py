@@ -199,3 +199,13 @@ def test_val_size_too_large_is_a_data_error() -> None:
     with pytest.raises(DataError, match="val_size 30 is too large"):
         make_splits(ds, DataConfig(val_size=30), seed=0)
     make_splits(ds, DataConfig(val_size=20), seed=0)  # two of three per class: allowed
+
+
+def test_the_split_follows_split_seed_and_its_fingerprint_names_it() -> None:
+    ds = make_dataset(20, 3, seed=0)
+    splits = make_splits(ds, DataConfig(val_size=50, split_seed=3))
+    again = make_splits(ds, DataConfig(val_size=50, split_seed=3, train_limit=60))
+    other = make_splits(ds, DataConfig(val_size=50, split_seed=4))
+    assert torch.equal(again.val_x, splits.val_x)  # train_limit draws from what validation leaves
+    assert again.val_fingerprint == splits.val_fingerprint and len(splits.val_fingerprint) == 64
+    assert not torch.equal(other.val_x, splits.val_x) and other.val_fingerprint != splits.val_fingerprint

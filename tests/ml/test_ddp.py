@@ -36,6 +36,7 @@ DDP = TrainConfig(
     parallel="ddp",
     deterministic=True,
     precision="fp32",  # "auto" is bf16 on CPUs with AVX512-BF16/AMX, whose rounding dwarfs summation order
+    warmup_min_steps=0,  # 8 steps in all: the GPU recipe's warm-up floor would keep lr near zero
 )
 SINGLE = DDP.model_copy(update={"parallel": "none"})
 TIMING = ("seconds", "images_per_second")

@@ -25,7 +25,7 @@ def _lrs(cfg: TrainConfig, steps_per_epoch: int) -> list[float]:
 
 
 def test_onecycle_rises_linearly_to_the_peak_then_falls_to_near_zero() -> None:
-    cfg = TrainConfig(epochs=4, lr=0.4, schedule="onecycle", warmup_fraction=0.25)
+    cfg = TrainConfig(epochs=4, lr=0.4, schedule="onecycle", warmup_fraction=0.25, warmup_min_steps=0)
     lrs = _lrs(cfg, steps_per_epoch=10)  # 40 steps, 10 of warm-up
     peak = lrs.index(max(lrs))
     assert peak == 10 and lrs[peak] == pytest.approx(0.4)
@@ -37,7 +37,7 @@ def test_onecycle_rises_linearly_to_the_peak_then_falls_to_near_zero() -> None:
 
 
 def test_cosine_has_a_linear_warmup_and_a_half_cosine() -> None:
-    cfg = TrainConfig(epochs=2, lr=1.0, schedule="cosine", warmup_fraction=0.2)
+    cfg = TrainConfig(epochs=2, lr=1.0, schedule="cosine", warmup_fraction=0.2, warmup_min_steps=0)
     lrs = _lrs(cfg, steps_per_epoch=50)  # 100 steps, 20 of warm-up
     assert lrs[0] == pytest.approx(1 / 21) and lrs[20] == pytest.approx(1.0)
     assert lrs[60] == pytest.approx(0.5 * (1 + math.cos(math.pi * 40 / 80)))
@@ -45,7 +45,8 @@ def test_cosine_has_a_linear_warmup_and_a_half_cosine() -> None:
 
 
 def test_constant_ignores_warmup() -> None:
-    lrs = _lrs(TrainConfig(epochs=2, lr=0.01, schedule="constant", warmup_fraction=0.5), steps_per_epoch=5)
+    cfg = TrainConfig(epochs=2, lr=0.01, schedule="constant", warmup_fraction=0.5, warmup_min_steps=0)
+    lrs = _lrs(cfg, steps_per_epoch=5)
     assert lrs == [pytest.approx(0.01)] * 10
 
 
@@ -56,6 +57,25 @@ def test_no_warmup_starts_at_the_peak() -> None:
 
 def test_one_step_runs_at_the_peak() -> None:
     assert lr_factor("onecycle", 1, 1)(0) == 1.0
+
+
+def test_the_warmup_floor_keeps_a_short_run_from_rising_faster_than_w_steps() -> None:
+    cfg = TrainConfig(epochs=1, lr=0.4, warmup_fraction=0.15, warmup_min_steps=100)
+    lrs = _lrs(cfg, steps_per_epoch=20)  # the fraction alone: lr 0.4 after 3 steps
+    assert lrs[:5] == pytest.approx([0.4 * (s + 1) / 101 for s in range(5)])
+    assert max(lrs) < 0.4 * 20 / 101  # the rise meets the fall long before the peak
+    assert lrs[-1] == pytest.approx(0.4 / 17)  # the end of the one-cycle fall is kept
+
+
+def test_the_warmup_floor_leaves_a_long_run_alone() -> None:
+    floored = _lrs(TrainConfig(epochs=4, warmup_fraction=0.25, warmup_min_steps=50), steps_per_epoch=100)
+    plain = _lrs(TrainConfig(epochs=4, warmup_fraction=0.25, warmup_min_steps=0), steps_per_epoch=100)
+    assert floored == pytest.approx(plain)  # 100 warm-up steps: never steeper than 50
+
+
+def test_the_warmup_floor_ramps_a_constant_schedule() -> None:
+    lrs = _lrs(TrainConfig(epochs=1, lr=0.1, schedule="constant", warmup_min_steps=3), steps_per_epoch=6)
+    assert lrs == pytest.approx([0.025, 0.05, 0.075, 0.1, 0.1, 0.1])
 
 
 def test_sgd_with_nesterov_momentum_and_weight_decay() -> None:

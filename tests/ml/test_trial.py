@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import shutil
 from dataclasses import asdict
 from pathlib import Path
@@ -13,11 +14,12 @@ import pytest
 import torch
 
 import ml.setup
-from ml.checkpoint import load_checkpoint, load_for_inference
+from ml.checkpoint import load_checkpoint, load_for_inference, save_atomic
 from ml.config import TrainConfig
 from ml.data import MEAN, Splits
 from ml.evaluate import evaluate
 from ml.train import Decision, EpochMetrics, TrialAborted, TrialHooks, TrialResult, run_trial
+from ml.trial_state import SplitMismatch
 
 pytestmark = pytest.mark.slow
 
@@ -32,6 +34,7 @@ FAST = TrainConfig(
     weight_decay=0.05,
     ema_decay=0.9,
     deterministic=True,
+    warmup_min_steps=0,
 )
 
 TIMING = ("seconds", "images_per_second")
@@ -315,3 +318,26 @@ def test_compiled_trial_reports_compile_time_apart(
     assert result.status == "succeeded" and result.test_accuracy is not None
     model, _ = load_for_inference(tmp_path / "best.pt", "cpu")  # no _orig_mod. prefixes in the weights
     assert not model.training
+
+
+def test_resume_refuses_another_validation_split(micro_splits: Splits, tmp_path: Path) -> None:
+    cfg = TrainConfig(arch="resnet18_imagenet", epochs=1, batch_size=10)
+    run_trial(cfg, micro_splits, tmp_path, device_ids=[])
+    written = load_checkpoint(tmp_path / "last.pt")["metadata"]["val_fingerprint"]
+    assert written == micro_splits.val_fingerprint
+    other = dataclasses.replace(micro_splits, val_fingerprint="0" * 64)
+    with pytest.raises(SplitMismatch, match="another validation split"):
+        run_trial(cfg, other, tmp_path, device_ids=[])
+
+
+def test_a_checkpoint_from_before_the_new_fields_resumes(micro_splits: Splits, tmp_path: Path) -> None:
+    cfg = TrainConfig(arch="resnet18_imagenet", epochs=1, batch_size=10, lr=0.05)
+    first = run_trial(cfg, micro_splits, tmp_path, device_ids=[])
+    last = load_checkpoint(tmp_path / "last.pt")
+    for key in ("preset", "lr_reference_batch", "warmup_min_steps"):
+        del last["metadata"]["config"][key]
+    del last["metadata"]["val_fingerprint"]
+    save_atomic(last, tmp_path / "last.pt")
+    hooks = Recorder()
+    again = run_trial(cfg, micro_splits, tmp_path, hooks, device_ids=[])
+    assert hooks.ends == [] and again.test_accuracy == first.test_accuracy  # resumed, not retrained

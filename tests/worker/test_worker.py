@@ -27,6 +27,7 @@ from app.store.tables import Job, RegisteredModel, Trial, Worker
 from app.worker.lease import LeaseKeeper
 from app.worker.loop import run_worker
 from app.worker.retry import describe_error, retry_db
+from ml.checkpoint import load_checkpoint
 from ml.data import load_dataset, make_splits
 from ml.train import EpochMetrics, TrialHooks, TrialResult, run_trial
 from tests.postgres import ONE_DATABASE
@@ -193,6 +194,12 @@ def test_worker_process_trains_a_two_trial_job(
         assert (settings.artifacts_dir / model.path).is_file()
         assert (settings.artifacts_dir / model.path).with_name("last.pt").is_file()
         assert f"job_id={job_id} trial_id={trial.id}" in log  # log lines carry the ids
+    # The trials differ only in train.seed: they were selected on the same validation images.
+    fingerprints = {
+        load_checkpoint(settings.artifacts_dir / models[t].path)["metadata"]["val_fingerprint"]
+        for t in trial_ids
+    }
+    assert len(fingerprints) == 1 and len(fingerprints.pop()) == 64
     assert worker_rows(factory) == []
 
 
@@ -203,7 +210,7 @@ def uninterrupted(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> T
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        splits = make_splits(load_dataset("cifar10", data_dir, False), spec.data, seed=spec.train.seed)
+        splits = make_splits(load_dataset("cifar10", data_dir, False), spec.data)
         return run_trial(spec.train, splits, tmp_path_factory.mktemp("uninterrupted"), allow_download=False)
     finally:
         torch.set_num_threads(threads)
@@ -282,7 +289,7 @@ def test_an_epoch_checkpointed_but_not_recorded_is_recorded_on_resume(
         claim: Claim | None = claim_trial(session, "doomed", 30.0)
     assert claim is not None
     spec = tiny_spec(epochs=2)
-    splits = make_splits(load_dataset("cifar10", data_dir, False), spec.data, seed=spec.train.seed)
+    splits = make_splits(load_dataset("cifar10", data_dir, False), spec.data)
     with pytest.raises(_Died):
         out_dir = attempt_dir(trial_dir(settings.artifacts_dir, job_id, trial_id), claim.attempt)
         run_trial(spec.train, splits, out_dir, _DiesAfterCheckpoint(), allow_download=False)

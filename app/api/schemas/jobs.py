@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, AliasPath, BaseModel, ConfigDict, Field
 
 from app.errors import redact_paths
 from app.store.points import Point
@@ -109,6 +109,12 @@ class EpochOut(OrmSchema):
 
 class TrialDetail(TrialOut):
     history: list[EpochOut] = Field(description="one row per completed epoch, in order")
+    plan: dict[str, Any] | None = Field(
+        None,
+        validation_alias=AliasPath("environment", "plan"),
+        description="with train.time_budget_s: the measured speed and the planned epochs, epoch_images "
+        "and batch_size (ml.plan.Plan); null without a budget or before the trial has planned",
+    )
 
 
 class PointOut(BaseModel):

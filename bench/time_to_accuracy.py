@@ -16,9 +16,10 @@ For each recipe, on the shared CIFAR-10 copy (45,000 train / 5,000 validation / 
    probe is reported apart.
 
 Recipes: `cpu` (preset cpu); `default` (TrainConfig(): CIFAR-stem ResNet-18, batch 512,
-SGD+Nesterov, one-cycle, label smoothing, cutout, EMA, flip TTA); `report` (ml.config.REPORT_RECIPE: torchvision stem,
-batch 32, SGD 0.01, constant); `default_imagenet_stem` (the default recipe on the report's
-cheaper torchvision-stem network, to separate the recipe from the network's cost).
+SGD+Nesterov, one-cycle, label smoothing, cutout, EMA, flip TTA); `report`
+(ml.config.REPORT_RECIPE: torchvision stem, batch 32, SGD 0.01, constant);
+`default_imagenet_stem` (the default recipe on the report's cheaper torchvision-stem network, to
+separate the recipe from the network's cost).
 `--complete` skips the planning and trains each recipe's own epochs on all images (bench/gpu.sh).
 """
 

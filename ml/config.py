@@ -170,6 +170,9 @@ class DataConfig(Strict):
     val_size: Annotated[int, Field(ge=1, le=MAX_IMAGES)] = 5000  # held out of train, stratified and seeded
     split_seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = 0  # draws the validation split; not train.seed
     train_limit: Annotated[int, Field(ge=1, le=MAX_IMAGES)] | None = None  # stratified subset of train
+    # all: every trial is tested at its end; best: only the job's selected trial, once every
+    # trial has ended (selection uses validation only, either way)
+    test: Literal["all", "best"] = "all"
 
 
 class RangeSpec(Strict):

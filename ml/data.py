@@ -11,6 +11,7 @@ Decoded datasets are cached as .npz under `data_dir/.cache` (or the user cache d
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -58,6 +59,11 @@ class Splits:
     test_y: torch.Tensor
     classes: list[str]
     val_fingerprint: str = ""  # sha256 of the validation indices: the same for the same split
+
+
+def without_test(splits: Splits) -> Splits:
+    """The splits with no test images: a trial of a data.test "best" job is not tested itself."""
+    return dataclasses.replace(splits, test_x=splits.test_x[:0], test_y=splits.test_y[:0])
 
 
 def fingerprint(indices: np.ndarray) -> str:

@@ -84,7 +84,7 @@ class TrialResult:
     history: list[EpochMetrics]
     best_epoch: int | None
     best_val_accuracy: float | None
-    test_accuracy: float | None  # evaluated once, with best.pt's weights; None when cancelled or paused
+    test_accuracy: float | None  # once, with best.pt's weights; None when cancelled, paused or untested
     best_checkpoint: Path | None
     environment: dict[str, Any] = field(default_factory=dict)  # with "plan" under a time budget
     val_images: int = 0  # what the accuracies were measured on: their intervals need it
@@ -341,7 +341,8 @@ def _result(
     best = trial_state.best_epoch(history)
     best_path = out_dir / trial_state.BEST if best is not None else None
     test_accuracy = None
-    if status in (TrialStatus.SUCCEEDED, TrialStatus.PRUNED) and best_path is not None:
+    tested = len(setup.test_y) > 0  # none with data.test "best": the job tests its selection later
+    if status in (TrialStatus.SUCCEEDED, TrialStatus.PRUNED) and best_path is not None and tested:
         trial_state.load_best_weights(setup, best_path)
         test_accuracy = _evaluate(setup, setup.test_x, setup.test_y, team)[1]
     return TrialResult(

@@ -8,15 +8,25 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ml.checkpoint import load_checkpoint, load_for_inference
 from ml.config import TrainConfig
-from ml.data import Splits
+from ml.data import MEAN, STD, Splits
 from ml.distributed import run_ddp_trial
 from ml.engine import EpochMetrics, Team, TrialAborted, TrialHooks, TrialResult, train_process
 from ml.environment import select_runtime
+from ml.evaluate import evaluate
 from ml.status import Decision
 
 # What a caller needs besides run_trial, importable from here.
-__all__ = ["Decision", "EpochMetrics", "TrialAborted", "TrialHooks", "TrialResult", "run_trial"]
+__all__ = [
+    "Decision",
+    "EpochMetrics",
+    "TrialAborted",
+    "TrialHooks",
+    "TrialResult",
+    "run_trial",
+    "score_on_test",
+]
 
 
 def run_trial(
@@ -45,3 +55,15 @@ def run_trial(
         )
     runtime = select_runtime(cfg, device_ids)
     return train_process(cfg, splits, out_dir, hooks, runtime, metadata or {}, allow_download, Team())
+
+
+def score_on_test(path: Path, splits: Splits, device_ids: list[int] | None = None) -> float:
+    """Test accuracy of a trial's best.pt on `splits`' test images, evaluated as the trial would
+    have (its TTA, batch and precision): data.test "best" tests a job's selected trial this way."""
+    ckpt = load_checkpoint(path)
+    cfg = TrainConfig.model_validate(ckpt["metadata"]["config"])
+    runtime = select_runtime(cfg.model_copy(update={"parallel": "none"}), device_ids)
+    net, _ = load_for_inference(path, runtime.device)
+    args = (cfg.batch_size, MEAN, STD, cfg.tta, cfg.channels_last, runtime.precision, cfg.tta_translate)
+    x, y = splits.test_x.to(runtime.device), splits.test_y.to(runtime.device)
+    return evaluate(net, x, y, *args)[1]

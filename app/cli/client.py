@@ -25,7 +25,7 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn
 from rich.table import Table
 
 from app.settings import Settings
-from ml.status import ACTIVE, JobStatus, TrialStatus
+from ml.status import ACTIVE, FINISHED, JobStatus, TrialStatus
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 WATCH_SECONDS = 2.0
@@ -133,6 +133,14 @@ def job_eta_seconds(job: dict[str, Any], epoch_seconds: Sequence[float]) -> floa
     return statistics.fmean(epoch_seconds) * left / max(job["progress"][TrialStatus.RUNNING], 1)
 
 
+def server_eta(job: dict[str, Any], times: EpochTimes) -> float | None:
+    """The server's progress.eta_seconds (evaluations included); the epoch-only estimate of
+    `job_eta_seconds` from a server without it."""
+    if "eta_seconds" in job["progress"]:
+        return job["progress"]["eta_seconds"]
+    return job_eta_seconds(job, times.all())
+
+
 def format_duration(seconds: float | None) -> str:
     if seconds is None:
         return "-"
@@ -198,10 +206,10 @@ class TrialBars:
         self.tasks: dict[int, TaskID] = {}
 
     def update(self, job: dict[str, Any], times: EpochTimes) -> None:
-        finished = sum(n for status, n in job["progress"].items() if status not in ACTIVE)
+        finished = sum(job["progress"].get(status, 0) for status in FINISHED)  # progress has eta_seconds too
         best = job["best"]["val_accuracy"] if job["best"] else None
         done = f"{finished}/{len(job['trials'])} trials"
-        eta = format_duration(job_eta_seconds(job, times.all())) if JobStatus(job["status"]).active else "-"
+        eta = format_duration(server_eta(job, times)) if JobStatus(job["status"]).active else "-"
         self.progress.update(
             self.job_task, completed=finished, done=done, status=job["status"], val=percent(best), eta=eta
         )
@@ -258,7 +266,9 @@ def watch_job(
 
 def job_table(job: dict[str, Any]) -> Table:
     best_id = job["best"]["trial_id"] if job["best"] else None
-    table = Table(title=f"job {job['id']} {job['name']!r}: {job['status']}")
+    eta = job["progress"].get("eta_seconds") if JobStatus(job["status"]).active else None
+    title = f"job {job['id']} {job['name']!r}: {job['status']}"
+    table = Table(title=title + (f", ETA {format_duration(eta)}" if eta is not None else ""))
     for column in ("#", "params", "status", "epoch", "val acc", "test acc", "train loss", "error"):
         table.add_column(
             column, justify="right" if column in ("#", "epoch", "val acc", "test acc") else "left"

@@ -16,7 +16,9 @@ from sqlalchemy.orm import Session, selectinload
 
 from app.errors import Conflict, IdempotencyMismatch, NotFound
 from app.store.tables import EpochMetric, Job, RegisteredModel, Trial
+from ml.config import DataConfig, TrainConfig
 from ml.job import JobSpec
+from ml.plan import remaining_seconds
 from ml.search import TrialPoint
 from ml.status import ACTIVE, JobStatus, TrialStatus
 
@@ -226,3 +228,37 @@ def _set_finished_if_done(session: Session, job: Job) -> None:
     counts = trial_counts(session, job.id)
     if job.finished_at is None and _all_finished(job, counts):
         job.finished_at = func.now()
+
+
+def job_eta_seconds(session: Session, job: Job) -> float | None:
+    """Seconds until the job's unfinished trials end, from the epoch times measured so far: each
+    unfinished trial's epochs left (at its own mean epoch time, or the job's before it has one)
+    and its test (ml.plan.remaining_seconds), shared by the trials running now. None until an
+    epoch of the job is done; 0 once no trial is left to run."""
+    active = [t for t in job.trials if t.status in ACTIVE]
+    if not active:
+        return 0.0
+    means = dict(
+        session.execute(
+            select(EpochMetric.trial_id, func.avg(EpochMetric.seconds))
+            .join(Trial, Trial.id == EpochMetric.trial_id)
+            .where(Trial.job_id == job.id)
+            .group_by(EpochMetric.trial_id)
+        ).all()
+    )
+    if not means:
+        return None
+    overall = sum(means.values()) / len(means)
+    data = DataConfig.model_validate(job.spec.get("data", {}))
+    work = sum(
+        remaining_seconds(
+            TrainConfig.model_validate(t.config),
+            data,
+            t.epochs - t.epochs_done,
+            float(means.get(t.id, overall)),
+            tested=data.test == "all",
+        )
+        for t in active
+    )
+    running = sum(t.status == TrialStatus.RUNNING for t in active)
+    return work / max(running, 1)

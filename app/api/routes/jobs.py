@@ -26,6 +26,7 @@ from app.store.jobs import (
     cancel_job,
     delete_job,
     get_job,
+    job_eta_seconds,
     list_jobs,
     model_of_trial,
     submit_job,
@@ -168,4 +169,5 @@ def _job_out(session: Session, job_id: int) -> JobOut:
     top = best_point(points)
     best = None if top is None else best_trial_of(top)
     model_id = None if best is None else model_of_trial(session, best.id)
-    return job_out(job, trial_counts(session, job_id), points, best, model_id)
+    eta = job_eta_seconds(session, job)
+    return job_out(job, trial_counts(session, job_id), points, best, model_id, eta)

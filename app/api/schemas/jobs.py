@@ -156,6 +156,10 @@ class JobSummary(OrmSchema):
 
 
 class JobOut(JobSummary):
+    progress: dict[str, int | float | None] = Field(  # type: ignore[assignment]
+        description="trials per status (every status present) and eta_seconds: the job's time left, "
+        "from measured epoch times and the evaluations left; null until an epoch is done"
+    )
     spec: dict[str, Any] = Field(description="the normalised JobSpec, defaults filled in")
     best: BestTrial | None = Field(
         description="the best repeat of the point with the highest mean val_accuracy, if any"
@@ -183,13 +187,18 @@ def job_summary(job: Job, counts: dict[str, int], best_val_accuracy: float | Non
 
 
 def job_out(
-    job: Job, counts: dict[str, int], points: Sequence[Point], best: Trial | None, model_id: int | None
+    job: Job,
+    counts: dict[str, int],
+    points: Sequence[Point],
+    best: Trial | None,
+    model_id: int | None,
+    eta_seconds: float | None = None,
 ) -> JobOut:
     tied = {t.id for p in points if p.tied_with_best for t in p.trials}
     return JobOut.model_validate(
         {
             **_columns(job),
-            "progress": progress(counts),
+            "progress": {**progress(counts), "eta_seconds": eta_seconds},
             "best_val_accuracy": None if best is None else best.val_accuracy,
             "spec": job.spec,
             "best": None if best is None else _best(best, model_id),

@@ -47,13 +47,26 @@ function renderProgress(job) {
   const bar = document.getElementById("progress");
   bar.replaceChildren(
     ...Object.entries(job.progress)
-      .filter(([, n]) => n)
+      .filter(([status, n]) => n && status !== "eta_seconds")
       .map(([status, n]) =>
         h("span", { class: `segment status-${status}`, title: `${n} ${status}`, dataset: { share: n / total } }, `${n} ${status}`),
       ),
   );
   // Widths through the CSSOM: the page's Content-Security-Policy forbids inline style attributes.
   for (const segment of bar.children) segment.style.flexGrow = segment.dataset.share;
+  const eta = job.progress.eta_seconds;
+  document.getElementById("eta").textContent = !ACTIVE.has(job.status)
+    ? ""
+    : eta === null || eta === undefined
+      ? "ETA: after the first epoch"
+      : `ETA ${duration(eta)}`;
+}
+
+function duration(seconds) {
+  const s = Math.round(seconds);
+  const [h, m] = [Math.floor(s / 3600), Math.floor((s % 3600) / 60)];
+  const mmss = `${String(m).padStart(h ? 2 : 1, "0")}:${String(s % 60).padStart(2, "0")}`;
+  return h ? `${h}:${mmss}` : mmss;
 }
 
 function renderBest(job) {

@@ -61,6 +61,7 @@ from app.store.claims import (
     preempt_trial,
 )
 from app.store.db import PG_CONNECT_TIMEOUT_S, make_engine, session_factory, transaction, upgrade_to_head
+from app.store.final_test import record_final_test, untested_selection
 from app.store.tables import Trial
 from app.store.workers import register_worker, unregister_worker
 from app.worker.hooks import WorkerHooks
@@ -68,12 +69,12 @@ from app.worker.lease import LeaseKeeper, Watch
 from app.worker.memory import apply_memory_limit, is_out_of_memory, out_of_memory_error, release_memory
 from app.worker.retry import DB_UNAVAILABLE, describe_error, first_line, retry_db
 from ml.config import TrainConfig
-from ml.data import Dataset, load_dataset, make_splits
+from ml.data import Dataset, load_dataset, make_splits, without_test
 from ml.engine import TrialAborted, TrialResult
 from ml.environment import cuda_devices
 from ml.job import JobSpec
-from ml.status import TrialStatus
-from ml.train import run_trial
+from ml.status import ACTIVE, TrialStatus
+from ml.train import run_trial, score_on_test
 
 log = logging.getLogger("sweepserve.worker")
 
@@ -165,6 +166,8 @@ class WorkerLoop:
             elif write_back is not None:
                 status = self.in_transaction(write_back.statement, "write back")
                 paused = write_back.pause and status is TrialStatus.QUEUED  # a cancel may have won
+                if status not in ACTIVE and not self.stop.is_set():
+                    self._test_selection(claim)
         except LeaseLost as exc:
             watch.lost.set()
             log.warning("writing nothing more: %s", exc)
@@ -231,6 +234,8 @@ class WorkerLoop:
         cfg = TrainConfig.model_validate(claim.config)
         dataset = _dataset(spec.data.dataset, Path(self.settings.data_dir), self.settings.allow_download)
         splits = make_splits(dataset, spec.data)  # split_seed: the same split for every trial
+        if spec.data.test == "best":
+            splits = without_test(splits)  # the job's selection is tested once, at its end
         trial_path = trial_dir(self.store.work_root, claim.job_id, claim.trial_id)
         return run_trial(
             cfg,
@@ -246,6 +251,28 @@ class WorkerLoop:
             },
             allow_download=self.settings.allow_download,
         )
+
+    def _test_selection(self, claim: Claim) -> None:
+        """data.test "best": once the job's last trial has ended, test its selected trial(s)."""
+        spec = JobSpec.model_validate(claim.job_spec)
+        if spec.data.test != "best":
+            return
+        models = self.in_transaction(lambda s: untested_selection(s, claim.job_id), "selection")
+        if not models:
+            return
+        dataset = _dataset(spec.data.dataset, Path(self.settings.data_dir), self.settings.allow_download)
+        splits = make_splits(dataset, spec.data)
+        for model in models:
+            try:
+                accuracy = score_on_test(self.store.get(model.blob), splits, self.gpus)
+            except Exception as exc:  # the job's trials are done; this worker goes on regardless
+                log.warning("could not test selected trial %d: %s", model.trial_id, describe_error(exc))
+                continue
+            n = len(splits.test_y)
+            self.in_transaction(
+                lambda s, m=model, a=accuracy, n=n: record_final_test(s, m.trial_id, a, n), "final test"
+            )
+            log.info("selected trial %d tested: %.4f", model.trial_id, accuracy)
 
     def _tidy_lost_attempt(self, claim: Claim) -> None:
         """A superseded attempt deletes what it may have written after the takeover: its folder

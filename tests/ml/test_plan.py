@@ -8,10 +8,10 @@ import pytest
 from pydantic import ValidationError
 
 from ml.checkpoint import load_checkpoint
-from ml.config import REPORT_RECIPE, TrainConfig
+from ml.config import REPORT_RECIPE, DataConfig, TrainConfig
 from ml.data import Splits
 from ml.job import JobSpec
-from ml.plan import DoesNotFit, Plan, Speed, plan
+from ml.plan import DoesNotFit, Plan, Speed, plan, remaining_seconds
 from ml.train import TrialHooks, run_trial
 
 REPO = Path(__file__).resolve().parents[2]
@@ -104,3 +104,14 @@ def test_a_budgeted_trial_measures_plans_records_and_resumes_its_plan(
     seen.clear()
     again = run_trial(cfg, micro_splits, tmp_path, Planned(), device_ids=[])  # resumes: no new plan
     assert seen == [] and again.environment["plan"] == chosen.as_dict()
+
+
+def test_remaining_seconds_prices_the_test_from_the_epoch_time() -> None:
+    data = DataConfig(val_size=5000, train_limit=20_000)
+    no_tta = TrainConfig(tta=False)
+    # an epoch: 20,000 trained + 5,000 validated at 1/3 the cost = 21,667 image-costs in 13 s
+    per_image = 13.0 / (20_000 + 5000 / 3)
+    expected = 26.0 + per_image * 10_000 / 3
+    assert remaining_seconds(no_tta, data, 2, 13.0, tested=True) == pytest.approx(expected)
+    assert remaining_seconds(no_tta, data, 2, 13.0, tested=False) == 26.0
+    assert remaining_seconds(TrainConfig(epoch_images=1000), data, 0, 5.0, tested=False) == 0.0

@@ -13,7 +13,7 @@ import functools
 import gc
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ from ml.status import Decision, TrialStatus, status_after
 log = logging.getLogger(__name__)
 
 POLL_EVERY = 10  # batches between NaN checks (each costs a device sync); should_stop is polled every batch
+EVAL_MARGIN = 1.5  # a time budget reserves evaluation time at 1.5x the measured: measured on a slice
 
 
 @dataclass
@@ -158,7 +159,7 @@ def _plan_budget(
     out_dir: Path,
     hooks: TrialHooks,
     started: float,
-) -> tuple[TrainConfig, Plan | None, float | None]:
+) -> tuple[TrainConfig, Plan | None, Deadline | None]:
     """(config to train, its plan, deadline) of a trial with a time budget; cfg unchanged without.
 
     A resumed trial keeps the plan saved in its last.pt (its schedule was laid out over it) and
@@ -183,9 +184,42 @@ def _plan_budget(
         speed.seconds,
     )
     hooks.planned(chosen, planned)
-    # the last epoch must end early enough for the final test
-    test_seconds = len(splits.test_y) / speed.eval_images_per_second
-    return planned, chosen, started + cfg.time_budget_s - test_seconds
+    rate = speed.eval_images_per_second / EVAL_MARGIN
+    val_seconds, test_seconds = len(splits.val_y) / rate, len(splits.test_y) / rate
+    return planned, chosen, Deadline(started + cfg.time_budget_s, val_seconds, test_seconds)
+
+
+@dataclass
+class Deadline:
+    """Where a time-budgeted trial must stop training so that its evaluations still fit
+    (time.monotonic() values): no epoch starts that would end after `last_epoch_end`, and an
+    epoch's batches stop at `training_end` (the schedule is then cut short, not completed)."""
+
+    end: float  # the budget's end
+    val_seconds: float  # one validation pass, with the margin
+    test_seconds: float  # the final test, with the margin
+    cut_epoch: int | None = None  # the epoch whose batches were stopped, if any
+
+    @property
+    def last_epoch_end(self) -> float:
+        return self.end - self.test_seconds
+
+    def fits_epoch(self, seconds: float) -> bool:
+        """Whether an epoch of `seconds` started now ends before last_epoch_end."""
+        return time.monotonic() + seconds <= self.last_epoch_end
+
+    @property
+    def training_end(self) -> float:
+        return self.end - self.test_seconds - self.val_seconds
+
+    def batches(self, batches: Batches, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """`batches` until training_end has passed (after at least one)."""
+        for i, batch in enumerate(batches):
+            if i > 0 and time.monotonic() > self.training_end:
+                log.warning("time budget: epoch %d stopped after %d batches", epoch, i)
+                self.cut_epoch = epoch
+                return
+            yield batch
 
 
 def _train(
@@ -194,7 +228,7 @@ def _train(
     hooks: TrialHooks,
     metadata: dict[str, Any],
     team: Team,
-    deadline: float | None = None,
+    deadline: Deadline | None = None,
 ) -> TrialResult:
     cfg = setup.cfg
     history = [EpochMetrics(**m) for m in team.resume(setup, out_dir)]
@@ -210,11 +244,13 @@ def _train(
     while decision is Decision.CONTINUE and epoch <= cfg.epochs:
         if hooks.should_stop():
             raise TrialAborted(f"stopped before epoch {epoch}: should_stop() returned True")
-        if deadline is not None and history and time.monotonic() + history[-1].seconds > deadline:
+        if deadline is not None and history and not deadline.fits_epoch(history[-1].seconds):
             log.warning("time budget: stopping before epoch %d, which would end past the deadline", epoch)
             environment["plan"] = {**environment["plan"], "stopped_before_epoch": epoch}
             break
-        metrics = _run_epoch(setup, epoch, hooks.should_stop, team)
+        metrics = _run_epoch(setup, epoch, hooks.should_stop, team, deadline)
+        if deadline is not None and deadline.cut_epoch == epoch:
+            environment["plan"] = {**environment["plan"], "cut_in_epoch": epoch}
         history.append(metrics)
         if team.leader:
             trial_state.save(setup, out_dir, history, {"environment": environment, **metadata})
@@ -223,10 +259,18 @@ def _train(
     return _result(setup, out_dir, status_after(decision), history, environment, team)
 
 
-def _run_epoch(setup: TrialSetup, epoch: int, should_stop: Callable[[], bool], team: Team) -> EpochMetrics:
+def _run_epoch(
+    setup: TrialSetup,
+    epoch: int,
+    should_stop: Callable[[], bool],
+    team: Team,
+    deadline: Deadline | None = None,
+) -> EpochMetrics:
     cfg = setup.cfg
     start = time.perf_counter()
-    batches = setup.epoch_batches(epoch)
+    batches: Batches = setup.epoch_batches(epoch)
+    if deadline is not None:
+        batches = deadline.batches(batches, epoch)
     done = train_one_epoch(
         setup.runner,
         setup.optimizer,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import gc
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -103,41 +104,61 @@ def plan(cfg: TrainConfig, speed: Speed, budget: float, n_train: int, n_val: int
 def measure(
     cfg: TrainConfig, splits: Splits, runtime: Runtime, allow_download: bool, seconds: float
 ) -> Speed:
-    """Train a throwaway copy of the trial for about `seconds` (after one warm-up step) and
-    validate a slice of the validation set; the global RNG is re-seeded by the caller after."""
+    """Train a throwaway copy of the trial (the epoch loop's own step, EMA included) for about
+    `seconds` after one warm-up step, and validate a slice of the validation set. The caller
+    re-seeds before building the trial it keeps."""
+    from ml.engine import train_one_epoch  # the engine plans with this module: imported late
+
     start = time.perf_counter()
     seed_everything(cfg.seed)
     setup = build_setup(cfg, splits, runtime, allow_download)
     setup_seconds = time.perf_counter() - start
-    batches = setup.epoch_batches(1)
-    net = setup.net.train()
-    images, train_start = 0, 0.0
-    for step, (x, y) in enumerate(batches):
-        with runtime.autocast():
-            loss = setup.criterion(net(x).float(), y)
-        setup.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        setup.optimizer.step()
-        _sync(runtime)
-        if step == 0:  # the first step pays for allocations and kernel choices
-            train_start = time.perf_counter()
-        else:
-            images += len(y)
-        if step > 0 and time.perf_counter() - train_start >= seconds:
-            break
-    train_seconds = time.perf_counter() - train_start
+    clock = _Clock(runtime)
+    train_one_epoch(
+        setup.net,
+        setup.optimizer,
+        setup.scheduler,
+        clock.timed(setup.epoch_batches(1), seconds),
+        criterion=setup.criterion,
+        epoch=1,
+        runtime=runtime,
+        ema_update=setup.ema.update if setup.ema else None,
+    )
+    images, train_seconds = clock.stop()
     if images == 0:  # a set of one batch: the warm-up step is the only measurement
-        images, train_seconds = len(setup.train_y), max(train_seconds, 1e-3)
+        images, train_seconds = len(setup.train_y), max(time.perf_counter() - start - setup_seconds, 1e-3)
     n = min(len(setup.val_y), 2 * cfg.batch_size)
     eval_start = time.perf_counter()
-    x_val, y_val = setup.val_x[:n], setup.val_y[:n]
     args = (cfg.batch_size, MEAN, STD, cfg.tta, cfg.channels_last, runtime.precision, cfg.tta_translate)
-    evaluate(setup.eval_net, x_val, y_val, *args)
+    evaluate(setup.eval_net, setup.val_x[:n], setup.val_y[:n], *args)
     _sync(runtime)
     eval_rate = n / max(time.perf_counter() - eval_start, 1e-6)
-    del setup, batches, net
+    del setup
     gc.collect()
     return Speed(images / train_seconds, eval_rate, setup_seconds, time.perf_counter() - start)
+
+
+class _Clock:
+    """Times the batches after the first (which pays for allocations and kernel choices)."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime, self.started, self.images = runtime, 0.0, 0
+
+    def timed(self, batches: Iterator[tuple[torch.Tensor, torch.Tensor]], seconds: float) -> Iterator:
+        """`batches` until `seconds` have passed since the second one was asked for."""
+        for i, batch in enumerate(batches):
+            if i == 1:  # the first step is done
+                _sync(self.runtime)
+                self.started = time.perf_counter()
+            elif i > 1 and time.perf_counter() - self.started >= seconds:
+                return
+            self.images += len(batch[1]) if i >= 1 else 0
+            yield batch
+
+    def stop(self) -> tuple[int, float]:
+        """(images timed, their seconds)."""
+        _sync(self.runtime)
+        return self.images, time.perf_counter() - self.started
 
 
 def probe_seconds(budget: float) -> float:

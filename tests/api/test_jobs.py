@@ -83,6 +83,7 @@ def test_submit_the_issue_example_queues_one_trial_per_grid_point(client: TestCl
         "failed": 0,
         "pruned": 0,
         "cancelled": 0,
+        "eta_seconds": None,  # no epoch measured yet
     }
     assert [t["index"] for t in job["trials"]] == list(range(9))
     assert job["trials"][0]["params"] == {"lr": 0.001, "weight_decay": 1e-4}

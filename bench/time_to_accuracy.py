@@ -42,6 +42,7 @@ from bench.cifar10 import DEFAULT_CACHE, extracted, find_archive  # noqa: E402
 from bench.train_throughput import machine, pick_device, report  # noqa: E402
 from ml.config import REPORT_RECIPE, DataConfig, TrainConfig  # noqa: E402
 from ml.data import Dataset, load_dataset, make_splits  # noqa: E402
+from ml.engine import train_one_epoch  # noqa: E402
 from ml.environment import determinism, select_runtime  # noqa: E402
 from ml.plan import DoesNotFit, Plan, Speed, measure, plan  # noqa: E402
 from ml.train import Decision, EpochMetrics, TrialHooks, run_trial  # noqa: E402
@@ -59,7 +60,7 @@ def probe(cfg: TrainConfig, dataset: Dataset, device_ids: list[int], seconds: fl
     """The trainer's own measurement (ml.plan.measure), on this recipe and device."""
     start = time.perf_counter()
     splits = make_splits(dataset, DataConfig(val_size=_val_size(dataset)))
-    speed = measure(cfg, splits, select_runtime(cfg, device_ids), False, seconds)
+    speed = measure(cfg, splits, select_runtime(cfg, device_ids), False, seconds, train_one_epoch)
     speed.seconds = time.perf_counter() - start  # with the split, which the budget does not cover
     return speed
 

@@ -170,7 +170,7 @@ def _plan_budget(
     saved = trial_state.saved_plan(out_dir)
     if saved is not None:
         return saved.apply(cfg, n_train), saved, None
-    speed = measure(cfg, splits, runtime, allow_download, probe_seconds(cfg.time_budget_s))
+    speed = measure(cfg, splits, runtime, allow_download, probe_seconds(cfg.time_budget_s), train_one_epoch)
     left = cfg.time_budget_s - (time.monotonic() - started)
     chosen = plan_budget(cfg, speed, left, n_train, len(splits.val_y), len(splits.test_y))
     planned = chosen.apply(cfg, n_train)

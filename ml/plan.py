@@ -14,7 +14,7 @@ from __future__ import annotations
 import gc
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -102,13 +102,17 @@ def plan(cfg: TrainConfig, speed: Speed, budget: float, n_train: int, n_val: int
 
 
 def measure(
-    cfg: TrainConfig, splits: Splits, runtime: Runtime, allow_download: bool, seconds: float
+    cfg: TrainConfig,
+    splits: Splits,
+    runtime: Runtime,
+    allow_download: bool,
+    seconds: float,
+    train_one_epoch: Callable[..., Any],
 ) -> Speed:
-    """Train a throwaway copy of the trial (the epoch loop's own step, EMA included) for about
-    `seconds` after one warm-up step, and validate a slice of the validation set. The caller
-    re-seeds before building the trial it keeps."""
-    from ml.engine import train_one_epoch  # the engine plans with this module: imported late
-
+    """Train a throwaway copy of the trial with the epoch loop's own `train_one_epoch`
+    (ml.engine's, passed in: the engine imports this module) for about `seconds` after one warm-up
+    step, and validate a slice of the validation set. The caller re-seeds before building the
+    trial it keeps."""
     start = time.perf_counter()
     seed_everything(cfg.seed)
     setup = build_setup(cfg, splits, runtime, allow_download)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import io
 import itertools
@@ -275,6 +276,7 @@ async def _drive(
     server: Server, bodies: list[bytes], concurrency: int, seconds: float, reload: bool
 ) -> RunResult:
     latencies: list[float] = []
+    started_at: list[float] = []  # when each answered request was sent, from the run's start
     errors: Counter[str] = Counter()
     models: Counter[str] = Counter()
     url = httpx.URL(f"{server.base}/predict")
@@ -283,38 +285,51 @@ async def _drive(
     def more() -> bool:
         return time.perf_counter() < deadline and len(latencies) + sum(errors.values()) < MAX_REQUESTS_PER_RUN
 
-    async def user(offset: int) -> None:
-        # A client (one connection) per simulated user: a shared pool of 64 connections costs
-        # the load generator more CPU per request than the server spends on it.
-        async with httpx.AsyncClient(
-            timeout=REQUEST_TIMEOUT_S, limits=httpx.Limits(max_connections=1)
-        ) as client:
-            for i in itertools.count(offset, concurrency):
-                if not more():
-                    return
-                t0 = time.perf_counter()
-                try:
-                    response = await client.post(url, content=bodies[i % len(bodies)], headers=headers)
-                except httpx.HTTPError as exc:
-                    errors[type(exc).__name__] += 1
-                    continue
-                if response.status_code == 200:
-                    latencies.append(time.perf_counter() - t0)
-                    models[str(response.json()["model"]["id"])] += 1
-                else:
-                    errors[str(response.status_code)] += 1
+    async def user(client: httpx.AsyncClient, offset: int) -> None:
+        for i in itertools.count(offset, concurrency):
+            if not more():
+                return
+            t0 = time.perf_counter()
+            try:
+                response = await client.post(url, content=bodies[i % len(bodies)], headers=headers)
+            except httpx.HTTPError as exc:
+                errors[type(exc).__name__] += 1
+                continue
+            if response.status_code == 200:
+                latencies.append(time.perf_counter() - t0)
+                started_at.append(t0 - started)
+                models[str(response.json()["model"]["id"])] += 1
+            else:
+                errors[str(response.status_code)] += 1
 
-    async with httpx.AsyncClient(timeout=REQUEST_TIMEOUT_S) as control:
+    # A client (one connection) per simulated user: a shared pool of 64 connections costs the load
+    # generator more CPU per request than the server spends on it. The clients are made and
+    # connected before the clock starts: building 32 of them (an SSL context each, even for http)
+    # and opening 32 connections at once stalled the first requests of a run by 1.5-1.8 s, on the
+    # load generator's side, and those requests were the whole of the p99 (BENCH_TAIL=1 shows it).
+    clients = [
+        httpx.AsyncClient(timeout=REQUEST_TIMEOUT_S, limits=httpx.Limits(max_connections=1))
+        for _ in range(concurrency)
+    ]
+    async with contextlib.AsyncExitStack() as stack, httpx.AsyncClient(timeout=REQUEST_TIMEOUT_S) as control:
+        for client in clients:
+            await stack.enter_async_context(client)
+        await asyncio.gather(*(client.get(f"{server.base}/healthz") for client in clients))  # connect
         before = await server.model_status(control)
         cpu_before = server.cpu_seconds(), time.process_time()
         started = time.perf_counter()
         deadline = started + seconds
         reloading = asyncio.create_task(promote_midway(control, server, seconds / 2)) if reload else None
-        await asyncio.gather(*(user(k) for k in range(concurrency)))
+        await asyncio.gather(*(user(client, k) for k, client in enumerate(clients)))
         elapsed = time.perf_counter() - started
         cpu = _minus((server.cpu_seconds(), time.process_time()), cpu_before)
         reload_note = await reloading if reloading else ""
         after = await server.model_status(control)
+    if os.environ.get("BENCH_TAIL"):  # diagnosis: when were the slowest requests sent?
+        order = np.argsort(latencies)[-max(1, len(latencies) // 100) :]
+        print(
+            "slowest 1%:", [(round(started_at[i], 2), round(latencies[i] * 1000)) for i in order], flush=True
+        )
     result = summarize(
         server.name, concurrency, elapsed, latencies, errors, models, before, after, reload_note
     )

@@ -6,6 +6,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     SWEEPSERVE_ARTIFACTS_DIR=/var/lib/sweepserve/artifacts \
+    SWEEPSERVE_CACHE_DIR=/var/lib/sweepserve/cache \
     SWEEPSERVE_DATA_DIR=/var/lib/sweepserve/data
 
 WORKDIR /opt/sweepserve
@@ -20,7 +21,7 @@ COPY migrations ./migrations
 RUN pip install '.[onnx,s3]'
 
 RUN useradd --create-home --uid 10001 sweepserve \
-    && mkdir -p /var/lib/sweepserve/artifacts /var/lib/sweepserve/data \
+    && mkdir -p /var/lib/sweepserve/artifacts /var/lib/sweepserve/cache /var/lib/sweepserve/data \
     && chown -R sweepserve:sweepserve /var/lib/sweepserve
 USER sweepserve
 

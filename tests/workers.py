@@ -65,6 +65,7 @@ def worker_env(settings: Settings) -> dict[str, str]:
             "OMP_NUM_THREADS": "1",
             "SWEEPSERVE_DATABASE_URL": settings.database_url,
             "SWEEPSERVE_ARTIFACTS_DIR": str(settings.artifacts_dir),
+            "SWEEPSERVE_CACHE_DIR": str(settings.cache_dir),
             "SWEEPSERVE_DATA_DIR": str(settings.data_dir),
             "SWEEPSERVE_ALLOW_DOWNLOAD": "false",
             "SWEEPSERVE_LEASE_SECONDS": str(settings.lease_seconds),

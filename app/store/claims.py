@@ -85,7 +85,9 @@ class Outcome:
     history: Sequence[Mapping[str, Any]]
     test_accuracy: float | None
     environment: dict[str, Any] | None
-    model_path: str | None  # best.pt relative to the artifacts directory; needed when succeeded
+    model_path: str | None  # best.pt's key in the artifact store; needed when succeeded
+    model_size: int | None = None  # its bytes and sha256, checked whenever the model is loaded
+    model_sha256: str | None = None
     val_images: int | None = None  # the accuracies were measured on (for their intervals)
     test_images: int | None = None
 
@@ -336,6 +338,8 @@ def _register_model(session: Session, claim: Claim, row: Any, outcome: Outcome) 
         "val_accuracy": row.val_accuracy,
         "test_accuracy": outcome.test_accuracy,
         "path": outcome.model_path,
+        "size": outcome.model_size,
+        "sha256": outcome.model_sha256,
         "archived_at": None,
     }
     model = session.scalar(select(RegisteredModel).where(RegisteredModel.trial_id == claim.trial_id))

@@ -32,18 +32,33 @@ class ModelInfo:
     val_accuracy: float
     test_accuracy: float | None
     path: str  # the checkpoint's key in the artifact store
+    size: int | None = None  # its bytes and sha256 as registered (None: before migration 0006)
+    sha256: str | None = None
 
     @classmethod
     def from_row(cls, row: RegisteredModel) -> ModelInfo:
-        return cls(row.id, row.job_id, row.trial_id, row.val_accuracy, row.test_accuracy, row.path)
+        return cls(
+            row.id,
+            row.job_id,
+            row.trial_id,
+            row.val_accuracy,
+            row.test_accuracy,
+            row.path,
+            row.size,
+            row.sha256,
+        )
 
     @property
     def blob(self) -> Blob:
-        return Blob(self.path)
+        """What the store verifies before the checkpoint is loaded."""
+        return Blob(self.path, self.size, self.sha256)
 
     def public(self) -> dict[str, object]:
-        """Every field but the checkpoint's path: what an answer may say about the model."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "path"}
+        """Every field but the checkpoint's: what an answer may say about the model."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _PRIVATE}
+
+
+_PRIVATE = ("path", "size", "sha256")
 
 
 def _best_order() -> Select[tuple[RegisteredModel]]:

@@ -16,7 +16,6 @@ on counting, so its next attempt resumes from the newest attempt's checkpoint
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -24,7 +23,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.errors import Conflict, NotFound, Unprocessable
-from app.store.artifacts import keep_model_file, resume_point, trial_dir
+from app.store.artifacts import ArtifactStore, keep_model_file, resume_point, trial_dir
+from app.store.checkpoints import checkpoint_blobs
 from app.store.claims import check_transition
 from app.store.jobs import lock_job, new_trials
 from app.store.tables import Job, RegisteredModel, Trial
@@ -41,7 +41,7 @@ def extend_trials(
     session: Session,
     job_id: int,
     epochs: int,
-    artifacts_dir: Path,
+    store: ArtifactStore,
     *,
     top_k: int | None = None,
     trial_ids: Sequence[int] | None = None,
@@ -51,12 +51,13 @@ def extend_trials(
     job = _lock_job(session, job_id)
     trials = _chosen(job, top_k, trial_ids)
     for trial in trials:
-        _check_extendable(trial, epochs, artifacts_dir)
+        _check_extendable(session, trial, epochs, store)
     for trial in trials:
         model = session.scalar(select(RegisteredModel).where(RegisteredModel.trial_id == trial.id))
-        if model is not None and model.archived_at is None:
+        if model is not None and model.archived_at is None and store.local:
             # The continued trial supersedes (deletes) its attempt folders; the model keeps serving.
-            model.path = keep_model_file(artifacts_dir, model.path)
+            # (Object storage never overwrites a key, and workers never delete a model's.)
+            model.path = keep_model_file(store.work_root, model.path)
         trial.config = {**trial.config, "epochs": epochs}
         trial.epochs = epochs
         trial.extensions += 1
@@ -81,7 +82,7 @@ def _chosen(job: Job, top_k: int | None, trial_ids: Sequence[int] | None) -> lis
     return sorted(finished, key=lambda t: (-(t.val_accuracy or 0.0), t.index))[:top_k]
 
 
-def _check_extendable(trial: Trial, epochs: int, artifacts_dir: Path) -> None:
+def _check_extendable(session: Session, trial: Trial, epochs: int, store: ArtifactStore) -> None:
     if trial.status not in EXTENDABLE:
         raise Conflict(f"trial {trial.id} is {trial.status}; only succeeded or pruned trials can be extended")
     if epochs <= trial.epochs_done:
@@ -90,12 +91,19 @@ def _check_extendable(trial: Trial, epochs: int, artifacts_dir: Path) -> None:
         TrainConfig.model_validate({**trial.config, "epochs": epochs})
     except ValidationError as exc:
         raise Unprocessable(f"epochs {epochs}: {exc.errors()[0]['msg']}") from None
-    trial_path = trial_dir(artifacts_dir, trial.job_id, trial.id)
-    if trial.archived_at is not None or resume_point(trial_path) is None:
+    if trial.archived_at is not None or not _can_continue(session, trial, store):
         raise Conflict(
             f"trial {trial.id} has no checkpoint left to continue from (the job's retention policy "
             "deleted it); add its point again as a new trial instead"
         )
+
+
+def _can_continue(session: Session, trial: Trial, store: ArtifactStore) -> bool:
+    """Whether the trial has a last.pt to continue from: in its attempt folders, or named in
+    `checkpoints` (object storage)."""
+    if store.local:
+        return resume_point(trial_dir(store.work_root, trial.job_id, trial.id)) is not None
+    return "last" in checkpoint_blobs(session, trial.id)
 
 
 def retry_trial(session: Session, job_id: int, trial_id: int) -> Trial:

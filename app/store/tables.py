@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     CheckConstraint,
     DateTime,
@@ -163,10 +164,29 @@ class RegisteredModel(Base):
     epoch: Mapped[int]
     val_accuracy: Mapped[float] = mapped_column(Float)
     test_accuracy: Mapped[float | None] = mapped_column(Float)
-    path: Mapped[str] = mapped_column(Text)  # relative to the artifacts directory
+    path: Mapped[str] = mapped_column(Text)  # the checkpoint's key in the artifact store
+    size: Mapped[int | None] = mapped_column(BigInteger)  # bytes and sha256 of the checkpoint, checked
+    sha256: Mapped[str | None] = mapped_column(String(64))  # on load (None: registered before 0006)
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
     promoted_at: Mapped[datetime | None]  # a user's promotion overrides "highest val_accuracy"
     archived_at: Mapped[datetime | None]  # retention deleted its weights; row and metrics stay
+
+
+class Checkpoint(Base):
+    """A trial's resume point (`last`) or best weights (`best`) in object storage: the key the
+    current attempt uploaded, with its size and sha256. Written in the epoch's guarded
+    transaction, so a zombie's uploads are never named here. (A local artifacts directory needs
+    no rows: workers train in it; see app.store.artifacts.)"""
+
+    __tablename__ = "checkpoints"
+
+    trial_id: Mapped[int] = mapped_column(ForeignKey("trials.id", ondelete="CASCADE"), primary_key=True)
+    name: Mapped[str] = mapped_column(String(16), primary_key=True)  # "last" or "best"
+    key: Mapped[str] = mapped_column(Text)
+    size: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    epoch: Mapped[int]
+    attempt: Mapped[int]
 
 
 class ModelAlias(Base):

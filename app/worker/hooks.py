@@ -9,14 +9,14 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy.orm import Session
 
 from app.errors import LeaseLost
-from app.store.artifacts import discard_superseded
+from app.store.checkpoints import record_checkpoints
 from app.store.claims import Claim, record_epochs, record_plan, siblings
+from app.worker.files import TrialFiles
 from app.worker.lease import Watch
 from ml import early_stopping
 from ml.config import EarlyStoppingSpec, TrainConfig
@@ -60,10 +60,10 @@ class WorkerHooks(TrialHooks):
     """The trainer's callbacks: every epoch becomes a guarded database write."""
 
     def __init__(
-        self, transact: Transact, stop: threading.Event, spec: JobSpec, watch: Watch, trial_path: Path
+        self, transact: Transact, stop: threading.Event, spec: JobSpec, watch: Watch, files: TrialFiles
     ) -> None:
         self.transact, self.stop = transact, stop
-        self.spec, self.watch, self.trial_path = spec, watch, trial_path
+        self.spec, self.watch, self.files = spec, watch, files
         self.claim = watch.claim
 
     def restored(self, history: list[EpochMetrics]) -> Decision:
@@ -73,19 +73,23 @@ class WorkerHooks(TrialHooks):
             return decide(session, self.claim, self.spec.early_stopping, history, may_wait=False)
 
         decision = self._write(write, "restore history")
-        discard_superseded(self.trial_path)  # this attempt holds the trial, and copies of its files
+        self.files.recorded({})
         log.info("resumed after epoch %d -> %s", len(history), decision.value)
         return decision
 
     def epoch_end(self, metrics: EpochMetrics, history: list[EpochMetrics]) -> Decision:
+        uploaded = self.files.publish(history)  # object storage: before the rows name them
+
         def write(session: Session) -> Decision:
-            if record_epochs(session, self.claim, [m.as_dict() for m in history]):
+            cancel = record_epochs(session, self.claim, [m.as_dict() for m in history])  # guarded
+            record_checkpoints(session, self.claim, metrics.epoch, uploaded)
+            if cancel:
                 return Decision.CANCEL
             return decide(session, self.claim, self.spec.early_stopping, history)
 
         decision = self._write(write, f"epoch {metrics.epoch}")
         # The database just confirmed this attempt holds the trial and has its own last.pt.
-        discard_superseded(self.trial_path)
+        self.files.recorded(uploaded)
         log.info("epoch %d: val accuracy %.4f -> %s", metrics.epoch, metrics.val_accuracy, decision.value)
         return decision
 

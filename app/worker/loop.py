@@ -4,8 +4,8 @@ A claim is one attempt, held under a lease that a background thread renews. Writ
 through app.store.claims' guarded statements, so an attempt whose lease was taken over (the worker
 was paused, or the database was unreachable for too long) gets `LeaseLost`, stops training
 and writes nothing more; the attempt that took over resumes from the newest earlier attempt's
-last.pt. Each attempt writes its checkpoints in a folder of its own (see app.store.artifacts), so a
-zombie's files are never read.
+last.pt. Each attempt writes its checkpoints in a folder (or, in object storage, under keys) of its
+own (see app.worker.files), so a zombie's files are never read.
 
 At each epoch boundary the job's early-stopping rule (ASHA, median) decides whether the trial
 goes on; a pruned trial keeps its curve and checkpoints and is tested once on its best.pt.
@@ -32,7 +32,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import shutil
 import signal
 import socket
 import threading
@@ -50,7 +49,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.errors import LeaseLost
 from app.ops.logs import log_context
 from app.settings import Settings
-from app.store.artifacts import discard_superseded, open_store, start_attempt, trial_dir
+from app.store.artifacts import open_store
+from app.store.checkpoints import named_keys
 from app.store.claims import (
     Claim,
     Outcome,
@@ -64,6 +64,7 @@ from app.store.db import PG_CONNECT_TIMEOUT_S, make_engine, session_factory, tra
 from app.store.final_test import record_final_test, untested_selection
 from app.store.tables import Trial
 from app.store.workers import register_worker, unregister_worker
+from app.worker.files import TrialFiles
 from app.worker.hooks import WorkerHooks
 from app.worker.lease import LeaseKeeper, Watch
 from app.worker.memory import apply_memory_limit, is_out_of_memory, out_of_memory_error, release_memory
@@ -156,9 +157,10 @@ class WorkerLoop:
         back in the queue."""
         log.info("claimed trial %d (index %d), attempt %d", claim.trial_id, claim.index, claim.attempt)
         watch = self.keeper.watch(claim)
+        files = TrialFiles(self.store, claim)
         paused = False
         try:
-            write_back = self._train(watch)
+            write_back = self._train(watch, files)
             if write_back is not None and write_back.release:
                 release_memory()  # out of the except block: the traceback no longer pins the tensors
             if write_back is not None and write_back.preempt:
@@ -174,7 +176,8 @@ class WorkerLoop:
         finally:
             self.keeper.unwatch()
         if watch.lost.is_set():
-            self._tidy_lost_attempt(claim)
+            self._tidy_lost_attempt(files)
+        files.close()
         return paused
 
     def _give_back(self, write_back: WriteBack) -> None:
@@ -186,11 +189,11 @@ class WorkerLoop:
         except DB_UNAVAILABLE as exc:
             log.warning("could not give the trial back (%s): its lease will run out", first_line(exc))
 
-    def _train(self, watch: Watch) -> WriteBack | None:
+    def _train(self, watch: Watch, files: TrialFiles) -> WriteBack | None:
         """Train; returns the write-back to make, or None when this attempt must write nothing."""
         claim = watch.claim
         try:
-            result = self._run_trial(watch)
+            result = self._run_trial(watch, files)
         except (TrialAborted, LeaseLost) as exc:
             if watch.cancelled.is_set() and not (watch.lost.is_set() or self.stop.is_set()):
                 log.info("trial cancelled mid-epoch: %s", exc)
@@ -226,9 +229,10 @@ class WorkerLoop:
             history = [m.as_dict() for m in result.history]
             return WriteBack(lambda session: pause_trial(session, claim, history), pause=True)
         log.info("trial %s (test accuracy %s)", result.status, result.test_accuracy)
-        return WriteBack(lambda session: finish_trial(session, claim, self._outcome(result)))
+        outcome = self._outcome(result, files)
+        return WriteBack(lambda session: finish_trial(session, claim, outcome))
 
-    def _run_trial(self, watch: Watch) -> TrialResult:
+    def _run_trial(self, watch: Watch, files: TrialFiles) -> TrialResult:
         claim = watch.claim
         spec = JobSpec.model_validate(claim.job_spec)
         cfg = TrainConfig.model_validate(claim.config)
@@ -236,12 +240,12 @@ class WorkerLoop:
         splits = make_splits(dataset, spec.data)  # split_seed: the same split for every trial
         if spec.data.test == "best":
             splits = without_test(splits)  # the job's selection is tested once, at its end
-        trial_path = trial_dir(self.store.work_root, claim.job_id, claim.trial_id)
+        recorded, models = ({}, set()) if self.store.local else self._named_keys(claim.trial_id)
         return run_trial(
             cfg,
             splits,
-            start_attempt(trial_path, claim.attempt),
-            WorkerHooks(self.in_transaction, self.stop, spec, watch, trial_path),
+            files.prepare(recorded, models),  # ArtifactCorrupt/ArtifactMissing: the attempt fails, saying why
+            WorkerHooks(self.in_transaction, self.stop, spec, watch, files),
             device_ids=self.gpus,
             metadata={
                 "job_id": claim.job_id,
@@ -274,32 +278,35 @@ class WorkerLoop:
             )
             log.info("selected trial %d tested: %.4f", model.trial_id, accuracy)
 
-    def _tidy_lost_attempt(self, claim: Claim) -> None:
+    def _named_keys(self, trial_id: int) -> tuple[dict, set[str]]:
+        return self.in_transaction(lambda s: named_keys(s, trial_id), "read checkpoints")
+
+    def _tidy_lost_attempt(self, files: TrialFiles) -> None:
         """A superseded attempt deletes what it may have written after the takeover: its folder
-        once a newer attempt has a last.pt, the whole trial folder once the trial was deleted."""
-        trial_path = trial_dir(self.store.work_root, claim.job_id, claim.trial_id)
+        (or keys) once a newer attempt has its own, all the trial's files once it was deleted."""
+        claim = files.claim
+
+        def look(session: Session) -> tuple[bool, dict, set[str]]:
+            exists = session.get(Trial, claim.trial_id) is not None
+            return exists, *(named_keys(session, claim.trial_id) if exists else ({}, set()))
+
         try:
-            exists = self.in_transaction(lambda s: s.get(Trial, claim.trial_id) is not None, "tidy")
+            exists, recorded, models = self.in_transaction(look, "tidy")
         except DB_UNAVAILABLE:
             return  # the worker is stopping; the next attempt's retention tidies up
-        if exists:
-            deleted = discard_superseded(trial_path)
-        else:
-            shutil.rmtree(trial_path, ignore_errors=True)
-            deleted = [claim.attempt]
+        deleted = files.superseded(exists, recorded, models)
         log.info("attempt %d superseded; deleted the files of attempt(s) %s", claim.attempt, deleted)
 
-    def _outcome(self, result: TrialResult) -> Outcome:
-        model_path = None
-        if result.best_checkpoint is not None:
-            artifacts = Path(self.store.work_root).resolve()
-            model_path = Path(result.best_checkpoint).resolve().relative_to(artifacts).as_posix()
+    def _outcome(self, result: TrialResult, files: TrialFiles) -> Outcome:
+        model = files.model(result.best_checkpoint)
         return Outcome(
             status=result.status,
             history=[m.as_dict() for m in result.history],
             test_accuracy=result.test_accuracy,
             environment=result.environment,
-            model_path=model_path,
+            model_path=model.key if model else None,
+            model_size=model.size if model else None,
+            model_sha256=model.sha256 if model else None,
             val_images=result.val_images,
             test_images=result.test_images,
         )

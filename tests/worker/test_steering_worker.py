@@ -11,6 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.settings import Settings
+from app.store.artifacts import LocalStore
 from app.store.db import transaction
 from app.store.jobs import submit_job
 from app.store.steering import add_trials, extend_trials, retry_trial
@@ -46,7 +47,7 @@ def test_extend_the_best_of_two_one_epoch_trials_to_three_epochs(
     with factory() as session:
         models = {m.trial_id: (m.id, m.path) for m in session.scalars(select(RegisteredModel))}
     with transaction(factory) as session:
-        [extended] = extend_trials(session, job_id, 3, settings.artifacts_dir, top_k=1)
+        [extended] = extend_trials(session, job_id, 3, LocalStore(settings.artifacts_dir), top_k=1)
         best_id = extended.id
     other_id = next(i for i in trial_ids if i != best_id)
     job = _job(factory, job_id)

@@ -125,7 +125,7 @@ def cancel(job_id: JobId, session: SessionDep) -> JobOut:
     summary="Train the best (or chosen) finished trials on to more epochs, from their checkpoints",
 )
 def extend(job_id: JobId, body: ExtendIn, session: SessionDep, store: StoreDep) -> JobOut:
-    extend_trials(session, job_id, body.epochs, store.work_root, top_k=body.top_k, trial_ids=body.trial_ids)
+    extend_trials(session, job_id, body.epochs, store, top_k=body.top_k, trial_ids=body.trial_ids)
     session.commit()
     return _job_out(session, job_id)
 

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
+import torch
 from pydantic import ValidationError
 
 from ml.checkpoint import load_checkpoint
 from ml.config import REPORT_RECIPE, DataConfig, TrainConfig
 from ml.data import Splits
+from ml.engine import Deadline
 from ml.job import JobSpec
 from ml.plan import DoesNotFit, Plan, Speed, plan, remaining_seconds
 from ml.train import TrialHooks, run_trial
@@ -115,3 +118,13 @@ def test_remaining_seconds_prices_the_test_from_the_epoch_time() -> None:
     assert remaining_seconds(no_tta, data, 2, 13.0, tested=True) == pytest.approx(expected)
     assert remaining_seconds(no_tta, data, 2, 13.0, tested=False) == 26.0
     assert remaining_seconds(TrainConfig(epoch_images=1000), data, 0, 5.0, tested=False) == 0.0
+
+
+def test_the_deadline_stops_an_epoch_in_time_for_its_evaluations() -> None:
+    now = time.monotonic()
+    batches = [(torch.zeros(1), torch.zeros(1))] * 5
+    late = Deadline(end=now + 10.0, val_seconds=4.0, test_seconds=8.0)  # training had to end 2 s ago
+    assert len(list(late.batches(iter(batches), epoch=3))) == 1 and late.cut_epoch == 3  # one batch at least
+    roomy = Deadline(end=now + 100.0, val_seconds=4.0, test_seconds=8.0)
+    assert len(list(roomy.batches(iter(batches), epoch=1))) == 5 and roomy.cut_epoch is None
+    assert roomy.fits_epoch(80.0) and not roomy.fits_epoch(95.0)  # 92 s left before the test

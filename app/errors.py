@@ -65,6 +65,13 @@ class Gone(ServiceError):
     status, title = 410, "Gone"
 
 
+class ModelArchived(Gone):
+    """The job's retention policy archived this model: its row and metrics stay, its weights are
+    deleted, so it can be neither served nor promoted."""
+
+    title = "Model archived"
+
+
 class IdempotencyMismatch(ServiceError, ValueError):
     """An Idempotency-Key was reused with a different body."""
 

@@ -9,6 +9,10 @@ schedule (`ml.optim.LaidSchedule`):
     planned for the new number of epochs from the start would have at the continuation point,
     then falls with the schedule's shape to ~0 at the new last step.
 
+A trial whose last.pt the job's retention deleted continues from best.pt alone
+(`ml.trial_state`): the best epoch's weights, a fresh optimiser, history cut after that epoch,
+and the same rule from there.
+
 So a 10-epoch one-cycle run extended to 40 epochs re-warms to 0.88 x the peak and anneals over
 30 epochs; it never restarts at the peak. The history goes on at epoch done + 1. A trial that
 was pruned before its planned epochs and is continued to those same epochs keeps its schedule.
@@ -44,9 +48,26 @@ def relay(scheduler: LambdaLR, done_epochs: int, epochs: int) -> bool:
     if not isinstance(schedule, LaidSchedule) or schedule.epochs == epochs:
         return False
     schedule.extend(done_epochs, epochs)
+    _set_lr(scheduler, schedule)
+    return True
+
+
+def continue_from(scheduler: LambdaLR, done_epochs: int, planned_epochs: int, epochs: int) -> None:
+    """A fresh scheduler for a run continued from best.pt alone (no scheduler state): the original
+    plan of `planned_epochs`, `done_epochs` taken, and an extension leg to `epochs` (its fresh
+    warm-up suits the fresh optimiser), even when `epochs` is the original plan."""
+    schedule = scheduler.lr_lambdas[0]
+    assert isinstance(schedule, LaidSchedule)
+    schedule.legs = [[0, planned_epochs]]
+    scheduler.last_epoch = done_epochs * schedule.steps_per_epoch
+    if epochs > done_epochs:
+        schedule.extend(done_epochs, epochs)
+    _set_lr(scheduler, schedule)
+
+
+def _set_lr(scheduler: LambdaLR, schedule: LaidSchedule) -> None:
     step = scheduler.last_epoch  # steps taken: the next step's lr is the factor at this index
     lrs = [base * schedule(step) for base in scheduler.base_lrs]
     for group, lr in zip(scheduler.optimizer.param_groups, lrs, strict=True):
         group["lr"] = lr
     scheduler._last_lr = lrs  # what get_last_lr() reports until the next step
-    return True

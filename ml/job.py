@@ -11,8 +11,21 @@ from typing import Annotated
 
 from pydantic import Field, PrivateAttr, model_validator
 
-from ml.config import DataConfig, EarlyStoppingSpec, SearchSpec, Strict, TrainConfig
+from ml.config import MAX_TRIALS, DataConfig, EarlyStoppingSpec, SearchSpec, Strict, TrainConfig
 from ml.search import TrialPoint, expand
+
+
+class RetentionSpec(Strict):
+    """Which checkpoints of the job's finished (succeeded or pruned) trials are kept
+    (`app.store.retention`). Failed and cancelled trials keep theirs, for a retry."""
+
+    # best.pt of the k best finished trials by validation accuracy (plus any model that is served,
+    # promoted or aliased); the others keep their rows and metrics, their files are deleted and
+    # their models archived. None keeps every trial's.
+    top_k: Annotated[int, Field(ge=1, le=MAX_TRIALS)] | None = 3
+    # last.pt (optimiser and EMA state) of the kept trials: extend then resumes exactly; without
+    # it extend continues from best.pt's weights with a fresh optimiser.
+    keep_last: bool = False
 
 
 class JobSpec(Strict):
@@ -26,6 +39,7 @@ class JobSpec(Strict):
     early_stopping: EarlyStoppingSpec = EarlyStoppingSpec()
     priority: Annotated[int, Field(ge=-1000, le=1000)] = 0  # higher runs first; ties by age
     max_attempts: Annotated[int, Field(ge=1, le=20)] = 3  # claims before a trial is failed
+    retention: RetentionSpec = RetentionSpec()
 
     _points: list[TrialPoint] = PrivateAttr(default_factory=list)
 

@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 LAST = "last.pt"
 BEST = "best.pt"
+CURVE = "curve"  # best.pt's history up to its epoch: what continuing from best.pt alone needs
 _TRAINING_KEYS = ("train_model", "ema_updates", "optimizer", "scheduler", "rng", "history")
 
 
@@ -56,9 +57,10 @@ def save(setup: TrialSetup, out_dir: Path, history: list[Any], metadata: dict[st
         "val_fingerprint": setup.val_fingerprint,
     }
     best = inference_checkpoint(setup.eval_net.state_dict(), setup.cfg, setup.classes, MEAN, STD, **plain)
-    save_atomic({**best, **_training_state(setup), "history": [m.as_dict() for m in history]}, out_dir / LAST)
+    curve = [m.as_dict() for m in history]
+    save_atomic({**best, **_training_state(setup), "history": curve}, out_dir / LAST)
     if best_epoch(history) is latest:
-        save_atomic(best, out_dir / BEST)
+        save_atomic({**best, CURVE: curve}, out_dir / BEST)
 
 
 def _training_state(setup: TrialSetup) -> dict[str, Any]:
@@ -77,7 +79,7 @@ def resume(setup: TrialSetup, out_dir: Path) -> list[dict[str, Any]]:
     """Restore every piece of training state from out_dir/last.pt; returns its history (empty if none)."""
     path = out_dir / LAST
     if not path.is_file():
-        return []
+        return _continue_from_best(setup, out_dir / BEST)
     ckpt = load_checkpoint(path)
     history = list(ckpt["history"])
     check_same_trial(path, ckpt["metadata"], setup, len(history))
@@ -118,13 +120,37 @@ def check_same_trial(path: Path, metadata: dict[str, Any], setup: TrialSetup, do
         )
 
 
+def _continue_from_best(setup: TrialSetup, path: Path) -> list[dict[str, Any]]:
+    """No last.pt, but a best.pt: the job's retention deleted last.pt of a finished trial that is
+    now extended. Its best weights go on with a fresh optimiser from the best epoch B (history
+    1..B: later epochs are dropped), on a schedule re-laid from B as for any extension."""
+    if not path.is_file():
+        return []
+    ckpt = load_checkpoint(path)
+    curve = list(ckpt.get(CURVE) or [])
+    if not curve:
+        raise ValueError(
+            f"{path} holds no curve to continue from; remove its folder to start the trial afresh"
+        )
+    check_same_trial(path, ckpt["metadata"], setup, len(curve))
+    saved = ckpt["metadata"]["config"]
+    setup.net.load_state_dict(ckpt["model"])
+    extension.continue_from(setup.scheduler, len(curve), saved["epochs"], setup.cfg.epochs)
+    if setup.ema is not None:
+        setup.ema.load_state_dict({"module": ckpt["model"], "updates": setup.scheduler.last_epoch})
+    setup.generator.manual_seed(setup.cfg.seed + len(curve))
+    log.info("%s: continuing from best epoch %d's weights (no last.pt)", path, len(curve))
+    return curve
+
+
 def _repair_best(out_dir: Path, last: dict[str, Any]) -> None:
     best = best_epoch([SimpleNamespace(**m) for m in last["history"]])
     if best is None or best.epoch != last["metadata"]["epoch"]:
         return
     path = out_dir / BEST
     if not path.is_file() or load_checkpoint(path)["metadata"].get("epoch") != best.epoch:
-        save_atomic({k: v for k, v in last.items() if k not in _TRAINING_KEYS}, path)
+        curve = last["history"][: last["history"].index(vars(best)) + 1]
+        save_atomic({**{k: v for k, v in last.items() if k not in _TRAINING_KEYS}, CURVE: curve}, path)
 
 
 def saved_plan(out_dir: Path) -> Plan | None:

@@ -31,8 +31,8 @@ from app.store.registry import (
     ModelInfo,
     active_model_info,
     existing_model_ids,
-    get_model,
     resolve_alias,
+    unarchived_model,
 )
 
 log = logging.getLogger("sweepserve.predictor")
@@ -273,7 +273,7 @@ class Predictor:
 
     def _read_model(self, model_id: int) -> ModelInfo:
         with self._sessions() as session:
-            return ModelInfo.from_row(get_model(session, model_id))
+            return ModelInfo.from_row(unarchived_model(session, model_id))  # archived: 410
 
     # --- loading and the LRU ---------------------------------------------------------------
 

@@ -39,6 +39,7 @@ from sqlalchemy import (
     and_,
     case,
     cast,
+    delete,
     func,
     insert,
     literal,
@@ -253,6 +254,16 @@ def record_plan(session: Session, claim: Claim, plan: Mapping[str, Any], epochs:
     """A time-budgeted trial's plan (ml.plan.Plan as a dict) and the epochs it plans. The plan is
     kept under environment["plan"]; the finished trial's environment holds it too."""
     _write_back(session, claim, (), environment={"plan": dict(plan)}, epochs=epochs)
+
+
+def restore_epochs(session: Session, claim: Claim, history: Sequence[Mapping[str, Any]]) -> bool:
+    """`record_epochs` at resume, which also deletes the epoch rows after the restored history:
+    a trial continued from best.pt (its last.pt deleted by retention) goes on from its best epoch,
+    so the later rows belong to a branch that no longer exists. Returns whether a cancel was requested."""
+    cancel = record_epochs(session, claim, history)  # guarded: raises LeaseLost unless we hold it
+    beyond = and_(EpochMetric.trial_id == claim.trial_id, EpochMetric.epoch > len(history))
+    session.execute(delete(EpochMetric).where(beyond))
+    return cancel
 
 
 def _write_history(

@@ -11,10 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 
-from sqlalchemy import Select, select
+from sqlalchemy import Select, select, union
 from sqlalchemy.orm import Session
 
-from app.errors import Conflict, NotFound
+from app.errors import Conflict, ModelArchived, NotFound
 from app.store.artifacts import ArtifactStore, Blob
 from app.store.db import db_time
 from app.store.tables import AliasMove, ModelAlias, RegisteredModel
@@ -96,11 +96,36 @@ def get_model(session: Session, model_id: int) -> RegisteredModel:
     return row
 
 
+def unarchived_model(session: Session, model_id: int) -> RegisteredModel:
+    """A model whose weights exist: NotFound without a row, ModelArchived (410) once archived."""
+    row = get_model(session, model_id)
+    if row.archived_at is not None:
+        raise ModelArchived(
+            f"model {model_id} was archived by its job's retention policy (top-k by validation accuracy): "
+            "its metrics are kept, its weights were deleted"
+        )
+    return row
+
+
 def existing_model_ids(session: Session, model_ids: set[int]) -> set[int]:
-    """Those of `model_ids` that still have a row."""
+    """Those of `model_ids` that still have a row and weights (not archived)."""
     if not model_ids:
         return set()
-    return set(session.scalars(select(RegisteredModel.id).where(RegisteredModel.id.in_(model_ids))))
+    query = select(RegisteredModel.id).where(
+        RegisteredModel.id.in_(model_ids), RegisteredModel.archived_at.is_(None)
+    )
+    return set(session.scalars(query))
+
+
+def retained_model_ids(session: Session) -> set[int]:
+    """Models whose weights a job's retention must keep whatever their rank: the champion (served),
+    any a user promoted, any an alias names."""
+    active = active_model(session)
+    kept = union(
+        select(RegisteredModel.id).where(RegisteredModel.promoted_at.is_not(None)),
+        select(ModelAlias.model_id),
+    )
+    return set(session.scalars(kept)) | ({active.id} if active is not None else set())
 
 
 def list_models(session: Session) -> list[RegisteredModel]:
@@ -117,8 +142,8 @@ def promote_model(session: Session, model_id: int, store: ArtifactStore) -> Regi
 
 
 def servable_model(session: Session, model_id: int, store: ArtifactStore) -> RegisteredModel:
-    row = get_model(session, model_id)
-    if row.archived_at is not None or not store.exists(row.path):
+    row = unarchived_model(session, model_id)  # archived: 410
+    if not store.exists(row.path):
         raise Conflict(f"model {model_id} cannot be served: its checkpoint is missing")
     return row
 

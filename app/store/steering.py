@@ -99,11 +99,11 @@ def _check_extendable(session: Session, trial: Trial, epochs: int, store: Artifa
 
 
 def _can_continue(session: Session, trial: Trial, store: ArtifactStore) -> bool:
-    """Whether the trial has a last.pt to continue from: in its attempt folders, or named in
-    `checkpoints` (object storage)."""
+    """Whether the trial has a last.pt, or (retention deleted that) a best.pt, to continue from:
+    in its attempt folders, or named in `checkpoints` (object storage)."""
     if store.local:
         return resume_point(trial_dir(store.work_root, trial.job_id, trial.id)) is not None
-    return "last" in checkpoint_blobs(session, trial.id)
+    return bool({"last", "best"} & set(checkpoint_blobs(session, trial.id)))
 
 
 def retry_trial(session: Session, job_id: int, trial_id: int) -> Trial:

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from app.errors import LeaseLost
 from app.store.checkpoints import record_checkpoints
-from app.store.claims import Claim, record_epochs, record_plan, siblings
+from app.store.claims import Claim, record_epochs, record_plan, restore_epochs, siblings
 from app.worker.files import TrialFiles
 from app.worker.lease import Watch
 from ml import early_stopping
@@ -68,7 +68,7 @@ class WorkerHooks(TrialHooks):
 
     def restored(self, history: list[EpochMetrics]) -> Decision:
         def write(session: Session) -> Decision:
-            if record_epochs(session, self.claim, [m.as_dict() for m in history]):
+            if restore_epochs(session, self.claim, [m.as_dict() for m in history]):
                 return Decision.CANCEL
             return decide(session, self.claim, self.spec.early_stopping, history, may_wait=False)
 

@@ -62,6 +62,7 @@ from app.store.claims import (
 )
 from app.store.db import PG_CONNECT_TIMEOUT_S, make_engine, session_factory, transaction, upgrade_to_head
 from app.store.final_test import record_final_test, untested_selection
+from app.store.retention import delete_files, plan_retention
 from app.store.tables import Trial
 from app.store.workers import register_worker, unregister_worker
 from app.worker.files import TrialFiles
@@ -170,6 +171,8 @@ class WorkerLoop:
                 paused = write_back.pause and status is TrialStatus.QUEUED  # a cancel may have won
                 if status not in ACTIVE and not self.stop.is_set():
                     self._test_selection(claim)
+                if status.finished:
+                    self._retain(claim.job_id)
         except LeaseLost as exc:
             watch.lost.set()
             log.warning("writing nothing more: %s", exc)
@@ -179,6 +182,21 @@ class WorkerLoop:
             self._tidy_lost_attempt(files)
         files.close()
         return paused
+
+    def _retain(self, job_id: int) -> None:
+        """Apply the job's retention policy now that one of its trials finished (app.store.retention)."""
+        try:
+            deletions = self.in_transaction(lambda s: plan_retention(s, job_id, self.store), "retention")
+            delete_files(self.store, deletions)
+        except Exception as exc:  # the trial is written back; retention runs again after the next one
+            log.warning("retention of job %d skipped: %s", job_id, describe_error(exc))
+            return
+        if deletions.keys or deletions.prefixes:
+            log.info(
+                "retention: deleted %d file(s), archived trial(s) %s",
+                len(deletions.keys),
+                deletions.archived_trials,
+            )
 
     def _give_back(self, write_back: WriteBack) -> None:
         """The worker is stopping: release the trial now, or leave it to its lease."""

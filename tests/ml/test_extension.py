@@ -81,3 +81,19 @@ def test_a_finished_trial_trains_on_from_its_checkpoint(micro_splits: Splits, tm
     assert last["scheduler"]["lr_lambdas"][0]["legs"] == [[0, 1], [1, 3]]
     assert last["metadata"]["config"]["epochs"] == 3
     assert three.history[1].lr > one.history[0].lr  # re-warmed, not left at the end of the first run
+
+
+def test_without_last_pt_a_trial_continues_from_best_pt_and_its_best_epoch(
+    micro_splits: Splits, tmp_path: Path
+) -> None:
+    two = run_trial(MICRO.model_copy(update={"epochs": 2}), micro_splits, tmp_path, device_ids=[])
+    best = max(two.history, key=lambda m: (m.val_accuracy, -m.epoch))
+    (tmp_path / "last.pt").unlink()  # what the job's retention policy deletes
+    assert [m["epoch"] for m in load_checkpoint(tmp_path / "best.pt")["curve"]] == list(
+        range(1, best.epoch + 1)
+    )
+    four = run_trial(MICRO.model_copy(update={"epochs": 4}), micro_splits, tmp_path, device_ids=[])
+    assert [m.epoch for m in four.history] == list(range(1, 5))
+    assert four.history[: best.epoch] == two.history[: best.epoch]  # up to the best epoch, then a new branch
+    legs = load_checkpoint(tmp_path / "last.pt")["scheduler"]["lr_lambdas"][0]["legs"]
+    assert legs == [[0, 2], [best.epoch, 4]]

@@ -21,7 +21,7 @@ from app.api.schemas.jobs import (
     job_summary,
 )
 from app.api.schemas.steering import ExtendIn
-from app.store.artifacts import job_key
+from app.store.artifacts import ArtifactStore, job_key
 from app.store.jobs import (
     cancel_job,
     delete_job,
@@ -76,6 +76,7 @@ Cursor = Annotated[int, BeforeValidator(decode_cursor), WithJsonSchema({"type": 
 def create_job(
     spec: Annotated[JobSpec, Body(openapi_examples={"grid": {"value": JOB_SPEC_EXAMPLE}})],
     session: SessionDep,
+    store: StoreDep,
     response: Response,
     idempotency_key: Annotated[
         str | None,
@@ -84,7 +85,7 @@ def create_job(
 ) -> JobOut:
     job_id = _submit(session, spec, idempotency_key)
     response.headers["Location"] = f"/jobs/{job_id}"
-    return _job_out(session, job_id)
+    return _job_out(session, store, job_id)
 
 
 @router.get("", response_model=JobPage, responses=problem_responses(422), summary="Jobs, newest first")
@@ -100,8 +101,8 @@ def read_jobs(
 
 
 @router.get("/{job_id}", response_model=JobOut, responses=problem_responses(404, 422))
-def read_job(job_id: JobId, session: SessionDep) -> JobOut:
-    return _job_out(session, job_id)
+def read_job(job_id: JobId, session: SessionDep, store: StoreDep) -> JobOut:
+    return _job_out(session, store, job_id)
 
 
 @router.post(
@@ -111,10 +112,10 @@ def read_job(job_id: JobId, session: SessionDep) -> JobOut:
     responses=problem_responses(404, 409, 422),
     summary="Cancel queued trials now; running ones stop at their next boundary",
 )
-def cancel(job_id: JobId, session: SessionDep) -> JobOut:
+def cancel(job_id: JobId, session: SessionDep, store: StoreDep) -> JobOut:
     cancel_job(session, job_id)
     session.commit()
-    return _job_out(session, job_id)
+    return _job_out(session, store, job_id)
 
 
 @router.post(
@@ -127,7 +128,7 @@ def cancel(job_id: JobId, session: SessionDep) -> JobOut:
 def extend(job_id: JobId, body: ExtendIn, session: SessionDep, store: StoreDep) -> JobOut:
     extend_trials(session, job_id, body.epochs, store, top_k=body.top_k, trial_ids=body.trial_ids)
     session.commit()
-    return _job_out(session, job_id)
+    return _job_out(session, store, job_id)
 
 
 @router.delete(
@@ -162,7 +163,7 @@ def _submit(session: Session, spec: JobSpec, idempotency_key: str | None) -> int
     return job.id
 
 
-def _job_out(session: Session, job_id: int) -> JobOut:
+def _job_out(session: Session, store: ArtifactStore, job_id: int) -> JobOut:
     session.expire_all()  # a commit or a bulk update (cancel) may have left loaded rows stale
     job = get_job(session, job_id)
     points = job_points(job.trials)
@@ -170,4 +171,6 @@ def _job_out(session: Session, job_id: int) -> JobOut:
     best = None if top is None else best_trial_of(top)
     model_id = None if best is None else model_of_trial(session, best.id)
     eta = job_eta_seconds(session, job)
-    return job_out(job, trial_counts(session, job_id), points, best, model_id, eta)
+    out = job_out(job, trial_counts(session, job_id), points, best, model_id, eta)
+    out.disk_bytes = store.usage(job_key(job_id))  # what the job's retention policy keeps
+    return out

@@ -168,6 +168,9 @@ class JobOut(JobSummary):
         description="the trials grouped by point of the space, with mean and spread"
     )
     trials: list[TrialOut]
+    disk_bytes: int | None = Field(
+        None, description="bytes of the job's checkpoints in the artifact store (GET /jobs/{id} only)"
+    )
 
 
 class JobPage(BaseModel):

@@ -55,9 +55,14 @@ def attempts_on_disk(trial_path: Path) -> dict[int, Path]:
 
 def start_attempt(trial_path: Path, attempt: int) -> Path:
     """The folder attempt `attempt` trains in, holding the newest earlier attempt's checkpoints
-    (when there is one) so that the trainer resumes from them."""
+    (when there is one) so that the trainer resumes from them. Without any last.pt (the job's
+    retention deleted it), the newest best.pt, which the trainer continues from."""
     out_dir = attempt_dir(trial_path, attempt)
     earlier = [n for n in _complete_attempts(trial_path) if n < attempt]
+    if not earlier and not (out_dir / BEST).is_file():
+        earlier = [
+            n for n, path in attempts_on_disk(trial_path).items() if n < attempt and (path / BEST).is_file()
+        ]
     if earlier and not (out_dir / LAST).is_file():
         source = attempt_dir(trial_path, max(earlier))
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -89,10 +94,13 @@ def _complete_attempts(trial_path: Path) -> list[int]:
 
 
 def resume_point(trial_path: Path) -> Path | None:
-    """The newest attempt folder a continued trial would start from (one holding a last.pt), or
-    None when there is nothing to continue from."""
-    complete = _complete_attempts(trial_path)
-    return attempt_dir(trial_path, max(complete)) if complete else None
+    """The checkpoint a continued trial would start from: the newest last.pt, else (the job's
+    retention deleted it) the newest best.pt; None when there is nothing to continue from."""
+    for name in (LAST, BEST):
+        held = [n for n, path in attempts_on_disk(trial_path).items() if (path / name).is_file()]
+        if held:
+            return attempt_dir(trial_path, max(held)) / name
+    return None
 
 
 def keep_model_file(artifacts_dir: Path, model_path: str) -> str:

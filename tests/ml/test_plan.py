@@ -100,13 +100,17 @@ def test_a_budgeted_trial_measures_plans_records_and_resumes_its_plan(
     result = run_trial(cfg, micro_splits, tmp_path, Planned(), device_ids=[])
     [(chosen, planned)] = seen
     assert chosen.speed is not None and chosen.speed.train_images_per_second > 0
-    assert planned.epochs == chosen.epochs == len(result.history) <= 3  # nothing stopped it early here
-    assert result.environment["plan"] == chosen.as_dict()
+    assert planned.epochs == chosen.epochs <= 3
+    plan = result.environment["plan"]
+    if len(result.history) < chosen.epochs:  # a loaded machine can trip the budget guard
+        assert plan.pop("stopped_before_epoch") == len(result.history) + 1
+    plan.pop("cut_in_epoch", None)
+    assert plan == chosen.as_dict()
     last = load_checkpoint(tmp_path / "last.pt")["metadata"]
     assert last["plan"] == chosen.as_dict() and last["config"] == planned.model_dump(mode="json")
     seen.clear()
     again = run_trial(cfg, micro_splits, tmp_path, Planned(), device_ids=[])  # resumes: no new plan
-    assert seen == [] and again.environment["plan"] == chosen.as_dict()
+    assert seen == [] and again.environment["plan"]["epochs"] == chosen.epochs
 
 
 def test_remaining_seconds_prices_the_test_from_the_epoch_time() -> None:

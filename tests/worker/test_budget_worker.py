@@ -40,7 +40,9 @@ def test_a_budgeted_job_records_plans_and_tests_only_its_selection(
         models = {m.trial_id: m for m in session.scalars(select(RegisteredModel))}
     for detail in details:
         assert detail.status == "succeeded" and detail.plan is not None
-        assert detail.epochs == detail.plan["epochs"] == len(detail.history)  # the planned epochs
+        assert detail.epochs == detail.plan["epochs"] >= len(detail.history) >= 1  # the planned epochs
+        if len(detail.history) < detail.epochs:  # a loaded machine can trip the budget guard
+            assert detail.plan["stopped_before_epoch"] == len(detail.history) + 1
         assert detail.plan["speed"]["train_images_per_second"] > 0
     assert selected is not None
     tested = {d.id: d.test_accuracy for d in details}

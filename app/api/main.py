@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from app.api.auth import install_key_check, protected
 from app.api.limits import install_body_limit
 from app.api.problems import install_problem_handlers
-from app.api.routes import health, jobs, metrics, models, pages, predict, studies, trials, v2
+from app.api.routes import exports, health, jobs, metrics, models, pages, predict, studies, trials, v2
 from app.ops.metrics import build_registry
 from app.ops.requests import install_request_middleware
 from app.serving.predictor import Predictor
@@ -50,7 +50,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_problem_handlers(app)
     app.include_router(health.router)  # probes stay open when an API key is set
     app.include_router(v2.health)
-    routers = (jobs.router, trials.router, studies.router, models.router, predict.router, metrics.router)
+    routers = (jobs.router, trials.router, exports.router, studies.router, models.router, predict.router)
+    routers = (*routers, metrics.router)
     for router in (*routers, v2.router):
         app.include_router(router, **protected())
     pages.install_pages(app)  # the dashboard's pages and static files hold no data: public

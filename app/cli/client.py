@@ -91,6 +91,20 @@ def get_job(client: httpx.Client, job_id: int) -> dict[str, Any]:
     return call(client, "GET", f"/jobs/{job_id}")
 
 
+def save_csvs(client: httpx.Client, job_id: int, folder: Path) -> list[Path]:
+    """GET /jobs/{id}/trials.csv and history.csv into `folder`; returns the files written."""
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name in ("trials", "history"):
+        response = client.get(f"/jobs/{job_id}/{name}.csv")
+        if response.is_error:
+            raise ApiError(response.status_code, _problem(response))
+        path = folder / f"job-{job_id}-{name}.csv"
+        path.write_bytes(response.content)
+        written.append(path)
+    return written
+
+
 def get_trial(client: httpx.Client, job_id: int, trial_id: int) -> dict[str, Any]:
     return call(client, "GET", f"/jobs/{job_id}/trials/{trial_id}")
 
@@ -340,6 +354,11 @@ def add_status(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("job", type=int, help="job id")
     parser.add_argument("--watch", action="store_true", help="live progress bars until the job finishes")
     parser.add_argument("--interval", type=float, default=WATCH_SECONDS, help="seconds between polls")
+    parser.add_argument(
+        "--csv",
+        metavar="DIR",
+        help="write the job's trials and history as DIR/job-<id>-trials.csv and DIR/job-<id>-history.csv",
+    )
     _add_connection(parser)
 
 
@@ -376,6 +395,10 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     """A job's trials; with --watch, live until it finishes (exit 0 if it succeeded, 1 if not)."""
 
     def action(client: httpx.Client, console: Console) -> int:
+        if args.csv:
+            for path in save_csvs(client, args.job, Path(args.csv)):
+                console.print(f"wrote {path}")
+            return 0
         if args.watch:
             return _follow(client, console, args.job, args.interval)
         job = get_job(client, args.job)

@@ -13,7 +13,7 @@ export class ApiError extends Error {
   }
 }
 
-/** fetch() a JSON endpoint; a problem body becomes an ApiError carrying its detail. */
+/** fetch() a JSON endpoint (a Blob with `raw: true`); a problem body becomes an ApiError carrying its detail. */
 export async function api(path, options = {}) {
   for (let attempt = 0; ; attempt++) {
     const headers = new Headers(options.headers || {});
@@ -25,7 +25,8 @@ export async function api(path, options = {}) {
       continue;
     }
     if (!response.ok) throw new ApiError(response.status, await readProblem(response));
-    return response.status === 204 ? null : response.json();
+    if (response.status === 204) return null;
+    return options.raw ? response.blob() : response.json();
   }
 }
 

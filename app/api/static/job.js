@@ -184,6 +184,26 @@ function wireEvents() {
     area.addEventListener("mouseleave", () => highlight(null));
   }
   document.getElementById("cancel").addEventListener("click", cancelJob);
+  for (const name of ["trials", "history"]) {
+    const link = document.getElementById(`${name}-csv`);
+    link.href = `/jobs/${jobId}/${name}.csv`;
+    link.addEventListener("click", downloadCsv);
+  }
+}
+
+/** The CSV links go through api(), so they carry the API key when one is set. */
+async function downloadCsv(event) {
+  event.preventDefault();
+  const link = event.currentTarget;
+  try {
+    const blob = await api(link.getAttribute("href"), { raw: true });
+    const url = URL.createObjectURL(blob);
+    const save = h("a", { href: url, download: `job-${jobId}-${link.textContent}` });
+    save.click();
+    URL.revokeObjectURL(url);
+  } catch (error) {
+    showError(error instanceof ApiError ? error : new Error(`download failed: ${error}`));
+  }
 }
 
 async function cancelJob() {

@@ -136,8 +136,8 @@ class ArtifactMissing(ServiceError, FileNotFoundError):
     status, title = 404, "Checkpoint missing"
 
 
-class ArtifactCorrupt(ServiceError):
+class ArtifactCorrupt(DamagedCheckpoint):
     """A stored checkpoint's bytes differ from the size or sha256 recorded when it was written:
-    truncated or tampered with. It is never loaded."""
+    truncated or tampered with. It is never loaded (409, like any damaged checkpoint)."""
 
-    status, title = 500, "Checkpoint failed verification"
+    title = "Checkpoint failed verification"

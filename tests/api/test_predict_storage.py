@@ -69,5 +69,7 @@ def test_a_damaged_model_is_refused_saying_why(
     body = problem(client.post(f"/predict?model_id={model_id}", files=image), 503)
     assert f"model {model_id} could not be loaded" in body["detail"]
     assert ("truncated" if how == "truncate" else "was modified") in body["detail"]
-    export = problem(client.get(f"/models/{model_id}/export?format=state_dict"), 500)
+    export = problem(client.get(f"/models/{model_id}/export?format=state_dict"), 409)
     assert export["title"] == "Checkpoint failed verification"
+    for detail in (body["detail"], export["detail"]):  # which checkpoint, never where it is stored
+        assert "attempt-1/epoch-1/best.pt" in detail and "jobs/" not in detail and "s3://" not in detail

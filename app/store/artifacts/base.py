@@ -8,13 +8,15 @@ what the database records of a stored file: its key, size and sha256, checked on
 from __future__ import annotations
 
 import hashlib
+import logging
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from app.errors import ArtifactCorrupt
+from app.errors import ArtifactCorrupt, ArtifactMissing
 
 CHUNK = 1 << 20
+log = logging.getLogger("sweepserve.artifacts")
 
 
 @dataclass(frozen=True)
@@ -43,19 +45,32 @@ def digest(path: Path) -> Blob:
     return Blob("", size, sha.hexdigest())
 
 
+def short_name(key: str) -> str:
+    """The part of a key an answer may show: "attempt-2/epoch-3/best.pt", not where it is stored."""
+    parts = key.split("/")
+    return "/".join(parts[4:]) if len(parts) > 4 and parts[0] == "jobs" else parts[-1]
+
+
 def verify(path: Path, blob: Blob, where: str) -> None:
-    """ArtifactCorrupt unless the file at `path` has the blob's recorded size and sha256."""
+    """ArtifactCorrupt unless the file at `path` has the blob's recorded size and sha256. The
+    message names the checkpoint, not its location (answers show it); the log says `where`."""
     size = path.stat().st_size
+    problem = None
     if blob.size is not None and size != blob.size:
-        raise ArtifactCorrupt(
-            f"checkpoint {where} has {size} bytes, {blob.size} were recorded: truncated or replaced"
-        )
-    if blob.sha256 is not None:
+        problem = f"has {size} bytes, {blob.size} were recorded: truncated or replaced"
+    elif blob.sha256 is not None:
         actual = digest(path).sha256
         if actual != blob.sha256:
-            raise ArtifactCorrupt(
-                f"checkpoint {where} has sha256 {actual}, {blob.sha256} was recorded: it was modified"
-            )
+            problem = f"has sha256 {actual}, {blob.sha256} was recorded: it was modified"
+    if problem is not None:
+        log.error("checkpoint %s %s; refusing it", where, problem)
+        raise ArtifactCorrupt(f"checkpoint {short_name(blob.key)} {problem}")
+
+
+def missing(blob: Blob, where: str) -> ArtifactMissing:
+    """The error for a checkpoint that is not there (logged with its location)."""
+    log.error("checkpoint %s is missing", where)
+    return ArtifactMissing(f"checkpoint {short_name(blob.key)} is missing from the artifact store")
 
 
 class ArtifactStore(ABC):

@@ -9,8 +9,7 @@ import shutil
 import uuid
 from pathlib import Path
 
-from app.errors import ArtifactMissing
-from app.store.artifacts.base import ArtifactStore, Blob, check_key, digest, verify
+from app.store.artifacts.base import ArtifactStore, Blob, check_key, digest, missing, verify
 
 
 class LocalStore(ArtifactStore):
@@ -34,8 +33,8 @@ class LocalStore(ArtifactStore):
     def get(self, blob: Blob) -> Path:
         path = self.path(blob.key)
         if not path.is_file():
-            raise ArtifactMissing(f"checkpoint {blob.key} is not in {self.describe()}")
-        verify(path, blob, blob.key)
+            raise missing(blob, str(path))
+        verify(path, blob, str(path))
         return path
 
     def exists(self, key: str) -> bool:

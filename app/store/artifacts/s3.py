@@ -15,8 +15,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from app.errors import ArtifactMissing
-from app.store.artifacts.base import ArtifactStore, Blob, check_key, digest, verify
+from app.store.artifacts.base import ArtifactStore, Blob, check_key, digest, missing, verify
 from app.store.artifacts.cache import FileCache
 from app.store.artifacts.local import link_or_copy
 
@@ -70,7 +69,7 @@ class S3Store(ArtifactStore):
                 self.client.download_file(self.bucket, self.name(blob.key), str(temp), Config=self._transfer)
             except Exception as exc:
                 if _is_missing(exc):
-                    raise ArtifactMissing(f"checkpoint {blob.key} is not in {self.describe()}") from exc
+                    raise missing(blob, f"s3://{self.bucket}/{self.name(blob.key)}") from exc
                 raise
             verify(temp, blob, f"s3://{self.bucket}/{self.name(blob.key)}")
             return self.cache.admit(temp, blob.key)

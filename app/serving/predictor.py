@@ -225,9 +225,11 @@ class Predictor:
 
     async def refresh(self) -> int | None:
         """Switch to the database's active model if it changed; returns the active model id.
-        Cached models deleted meanwhile (by this or another process) are forgotten."""
+        Cached models deleted or archived meanwhile (by this or another process) leave the cache
+        (an archived model may come back when its trial is extended: it is not `forget`-ed)."""
         info, gone = await asyncio.to_thread(self._read_active)
-        self.forget(gone)
+        for model_id in gone:
+            self._cache.pop(model_id, None)
         if info is None:
             # No model registered (or its job was deleted: serving it would answer for a ghost).
             self._active, self.last_error = None, None

@@ -12,6 +12,7 @@ from app.api.auth import has_key
 from app.api.deps import PredictorDep
 from app.api.problems import Problem
 from app.api.schemas import problem_responses
+from app.errors import redact_paths
 from app.store.db import head_revision, schema_revision
 
 router = APIRouter(tags=["health"])
@@ -30,7 +31,10 @@ def healthz() -> dict[str, str]:
 def readyz(request: Request, predictor: PredictorDep) -> dict[str, Any]:
     # No model yet does not make the service unready: jobs must be submittable to produce one.
     # The probe answers anyone; its details (revisions, the model's state) only holders of the key.
-    checks: dict[str, Any] = {**_schema_check(request), "model": predictor.status()}
+    model = predictor.status()
+    if model["last_error"]:  # a failed load names its file: no path leaves in an answer
+        model["last_error"] = redact_paths(model["last_error"])
+    checks: dict[str, Any] = {**_schema_check(request), "model": model}
     details = {"checks": checks} if has_key(request) else {}
     if checks["database"] != "ok" or checks["schema"] != "at head":
         raise Problem(503, "Not ready", _reason(checks), **details)

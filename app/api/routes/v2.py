@@ -106,7 +106,7 @@ async def infer(name: str, request: Request, predictor: PredictorDep) -> JSONRes
 
 
 async def _model(predictor: Predictor, name: str) -> LoadedModel:
-    if name.isdigit():
+    if name.isascii() and name.isdigit():
         model_id = int(name)
         if not 1 <= model_id <= MAX_ID:
             raise Problem(404, "Not found", f"model {name} does not exist")
@@ -123,7 +123,7 @@ def _parse(body: bytes, header_length: str | None, max_images: int) -> _Request:
     """The `images` tensor of an inference request, validated; 4xx problems otherwise."""
     binary = b""
     if header_length is not None:
-        if not header_length.isdigit() or int(header_length) > len(body):
+        if not (header_length.isascii() and header_length.isdigit()) or int(header_length) > len(body):
             raise Problem(400, "Bad request", f"{BINARY_HEADER} does not fit the body")
         body, binary = body[: int(header_length)], body[int(header_length) :]
     try:
@@ -148,8 +148,8 @@ def _parse(body: bytes, header_length: str | None, max_images: int) -> _Request:
 
 
 def _tensor_data(tensor: dict[str, Any], binary: bytes, size: int) -> np.ndarray:
-    parameters = tensor.get("parameters") or {}
-    if "binary_data_size" in parameters:
+    parameters = tensor.get("parameters")
+    if isinstance(parameters, dict) and "binary_data_size" in parameters:
         if parameters["binary_data_size"] != size or len(binary) != size:
             raise Problem(400, "Bad request", f"the binary input must be {size} bytes")
         return np.frombuffer(binary, dtype=np.uint8).copy()

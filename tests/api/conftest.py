@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.api.main import create_app
 from app.settings import Settings
-from app.store.tables import Job, Worker
+from app.store.tables import AliasMove, Job, Worker
 from tests.postgres import fresh_postgres_database
 
 
@@ -64,4 +64,5 @@ def _delete_all_rows(factory: sessionmaker[Session]) -> None:
     with factory() as session:
         session.execute(delete(Job))  # trials, epoch metrics and models cascade
         session.execute(delete(Worker))
+        session.execute(delete(AliasMove))  # the history outlives models: no cascade reaches it
         session.commit()

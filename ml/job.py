@@ -40,6 +40,8 @@ class JobSpec(Strict):
     priority: Annotated[int, Field(ge=-1000, le=1000)] = 0  # higher runs first; ties by age
     max_attempts: Annotated[int, Field(ge=1, le=20)] = 3  # claims before a trial is failed
     retention: RetentionSpec = RetentionSpec()
+    # trials of this job trained at once, whatever the number of workers; None = unlimited
+    max_concurrent_trials: Annotated[int, Field(ge=1, le=MAX_TRIALS)] | None = None
 
     _points: list[TrialPoint] = PrivateAttr(default_factory=list)
 

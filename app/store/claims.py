@@ -140,8 +140,10 @@ def claim_trial(session: Session, worker_id: str, lease_seconds: float) -> Claim
     row = session.execute(claimed).one_or_none()
     if row is None:
         return None
-    refresh_job_status(session, row.job_id)
+    refresh_job_status(session, row.job_id)  # takes the job's lock
     job = get_job(session, row.job_id)
+    if _over_limit(session, job, row.id):
+        return None
     return Claim(
         row.id, row.job_id, row.index, row.attempts, worker_id, lease_seconds, row.config, job.spec,
         extended=row.extensions > 0,
@@ -172,7 +174,7 @@ def _ask_if_its_turn(session: Session, now: ColumnElement[float]) -> None:
 
 
 def _claimable(trial: type[Trial], job: type[Job], now: ColumnElement[float]) -> ColumnElement[bool]:
-    fresh = and_(trial.status == TrialStatus.QUEUED, job.status != JobStatus.CANCELLED)
+    fresh = and_(trial.status == TrialStatus.QUEUED, job.status != JobStatus.CANCELLED, _has_room(job))
     abandoned = and_(
         trial.status == TrialStatus.RUNNING,
         trial.lease_expires_at < now,
@@ -180,6 +182,35 @@ def _claimable(trial: type[Trial], job: type[Job], now: ColumnElement[float]) ->
         trial.cancel_requested.is_(False),  # settle_expired_leases cancels those instead
     )
     return or_(fresh, abandoned)
+
+
+def _running_count(job_id: Any) -> Any:
+    running = aliased(Trial)
+    return (
+        select(func.count())
+        .select_from(running)
+        .where(running.job_id == job_id, running.status == TrialStatus.RUNNING)
+        .scalar_subquery()
+    )
+
+
+def _has_room(job: type[Job]) -> ColumnElement[bool]:
+    """The job's `max_concurrent_trials` is not reached (None: unlimited)."""
+    return or_(job.max_concurrent_trials.is_(None), _running_count(job.id) < job.max_concurrent_trials)
+
+
+def _over_limit(session: Session, job: Job, trial_id: int) -> bool:
+    """After a claim, under the job's lock: concurrent claims (PostgreSQL's SKIP LOCKED lets two
+    pick trials of one job at once) took the job over its limit. The later one undoes its claim."""
+    if job.max_concurrent_trials is None:
+        return False
+    running = session.scalar(select(_running_count(job.id)))
+    if running is None or running <= job.max_concurrent_trials:
+        return False
+    undo = {"status": TrialStatus.QUEUED, "worker_id": None, "lease_expires_at": None,
+            "attempts": Trial.attempts - 1}  # fmt: skip
+    session.execute(update(Trial).where(Trial.id == trial_id).values(**undo))
+    return True
 
 
 def _failures(trial: type[Trial]) -> ColumnElement[int]:

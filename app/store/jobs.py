@@ -42,6 +42,7 @@ def submit_job(session: Session, spec: JobSpec, idempotency_key: str | None = No
         spec_digest=digest,
         idempotency_key=idempotency_key,
         priority=spec.priority,
+        max_concurrent_trials=spec.max_concurrent_trials,
         trials_target=(spec.search.trials or 0) * spec.search.repeats if spec.search.adaptive else None,
     )
     job.trials = new_trials(spec.points, spec.max_attempts)

@@ -183,6 +183,7 @@ def test_an_asha_sweep_prunes_its_bad_trials_and_trains_fewer_epochs_than_the_gr
         "failed": 0,
         "pruned": 3,
         "cancelled": 0,
+        "eta_seconds": 0.0,  # nothing left to run
     }
     epochs_trained = sum(t["epoch"] for t in job["trials"])
     assert epochs_trained == EPOCHS + 3 < len(LRS) * EPOCHS

@@ -34,7 +34,7 @@ def readyz(request: Request, predictor: PredictorDep) -> dict[str, Any]:
     model = predictor.status()
     if model["last_error"]:  # a failed load names its file: no path leaves in an answer
         model["last_error"] = redact_paths(model["last_error"])
-    checks: dict[str, Any] = {**_schema_check(request), "model": model}
+    checks: dict[str, Any] = {**schema_check(request), "model": model}
     details = {"checks": checks} if has_key(request) else {}
     if checks["database"] != "ok" or checks["schema"] != "at head":
         raise Problem(503, "Not ready", _reason(checks), **details)
@@ -46,7 +46,7 @@ def _head() -> str:
     return head_revision()  # the code's newest migration: fixed for the life of the process
 
 
-def _schema_check(request: Request) -> dict[str, Any]:
+def schema_check(request: Request) -> dict[str, Any]:
     head = _head()
     try:
         current = schema_revision(request.app.state.engine)

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Annotated
 
 from anyio import from_thread
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Body, Query, Response
 from fastapi.responses import FileResponse
 from sqlalchemy.orm import Session
 from starlette.background import BackgroundTask
@@ -75,7 +75,11 @@ def read_aliases(session: SessionDep, predictor: PredictorDep) -> AliasList:
     summary="Point an alias at a model (champion: the same as promoting it)",
 )
 def put_alias(
-    name: AliasName, body: AliasIn, session: SessionDep, store: StoreDep, predictor: PredictorDep
+    name: AliasName,
+    body: Annotated[AliasIn, Body(openapi_examples={"model 1": {"value": {"model_id": 1}}})],
+    session: SessionDep,
+    store: StoreDep,
+    predictor: PredictorDep,
 ) -> AliasOut:
     if name == CHAMPION:
         _promote(body.model_id, session, store, predictor)

@@ -23,6 +23,7 @@ from fastapi.responses import JSONResponse
 
 from app.api.deps import MAX_ID, PredictorDep
 from app.api.problems import Problem, problem_response
+from app.api.routes.health import schema_check
 from app.api.schemas import problem_responses
 from app.errors import ServiceError
 from app.serving.imaging import IMAGE_SIZE
@@ -42,11 +43,15 @@ async def live() -> dict[str, bool]:
     return {"live": True}
 
 
-@health.get("/ready", summary="A model can answer inferences", responses=problem_responses(503))
-async def ready(predictor: PredictorDep) -> JSONResponse:
-    await predictor.refresh_now()
-    loaded = predictor.status()["loaded"]
-    return JSONResponse({"ready": loaded}, status_code=200 if loaded else 503)
+@health.get("/ready", summary="Ready: database and schema, as /readyz", responses=problem_responses(503))
+def ready(request: Request) -> JSONResponse:
+    # As /readyz: no model yet does not make the server unready (GET /v2/models/{name}/ready says
+    # whether a model can answer).
+    checks = schema_check(request)
+    if checks["database"] != "ok" or checks["schema"] != "at head":
+        detail = "the database is unreachable or its schema is not at head"
+        return problem_response(503, "Not ready", detail, ready=False, error=detail)
+    return JSONResponse({"ready": True})
 
 
 @router.get("", summary="Server metadata")

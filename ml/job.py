@@ -28,6 +28,13 @@ class RetentionSpec(Strict):
     keep_last: bool = False
 
 
+class StopWhen(Strict):
+    """The job's goal: once any trial's validation accuracy reaches it, the job ends: queued
+    trials are cancelled, running ones end (succeeded) at their next epoch boundary."""
+
+    val_accuracy: Annotated[float, Field(gt=0, le=1)]
+
+
 class JobSpec(Strict):
     """The body of POST /jobs, normalised."""
 
@@ -42,6 +49,7 @@ class JobSpec(Strict):
     retention: RetentionSpec = RetentionSpec()
     # trials of this job trained at once, whatever the number of workers; None = unlimited
     max_concurrent_trials: Annotated[int, Field(ge=1, le=MAX_TRIALS)] | None = None
+    stop_when: StopWhen | None = None
 
     _points: list[TrialPoint] = PrivateAttr(default_factory=list)
 

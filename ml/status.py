@@ -89,6 +89,7 @@ class Decision(enum.Enum):
     PRUNE = "prune"  # stop for good; the best epoch is tested
     PAUSE = "pause"  # stop for now, untested: last.pt holds the state to resume from later
     CANCEL = "cancel"  # a user cancelled the job
+    COMPLETE = "complete"  # the job reached its stop_when goal: end now, as succeeded (best epoch tested)
 
 
 def status_after(decision: Decision) -> TrialStatus:
@@ -99,4 +100,5 @@ def status_after(decision: Decision) -> TrialStatus:
         Decision.PRUNE: TrialStatus.PRUNED,
         Decision.PAUSE: TrialStatus.QUEUED,
         Decision.CANCEL: TrialStatus.CANCELLED,
+        Decision.COMPLETE: TrialStatus.SUCCEEDED,
     }[decision]

@@ -38,11 +38,17 @@ SMALLER_DATA = {"val_size": 40, "train_limit": 120}  # half the images: still ~0
 TRAIN_TIMEOUT_S = 240.0
 
 
+# Every checkpoint kept: tests of attempts and resumes look at the files trials leave. Tests of
+# the retention policy pass retention=None (the default policy) or their own.
+KEEP_ALL = {"top_k": None, "keep_last": True}
+
+
 def tiny_spec(
     epochs: int,
     seeds: tuple[int, ...] = (0,),
     max_attempts: int = 3,
     data: dict[str, Any] | None = None,
+    retention: dict[str, Any] | None = KEEP_ALL,
     **train: Any,
 ) -> JobSpec:
     """A job over `seeds` with the tiny recipe; `train` overrides recipe fields."""
@@ -53,6 +59,7 @@ def tiny_spec(
             "data": data or TINY_DATA,
             "max_attempts": max_attempts,
         }
+        | ({} if retention is None else {"retention": retention})
     )
 
 

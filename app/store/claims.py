@@ -465,6 +465,18 @@ class Sibling:
         return self.status in ACTIVE and len(self.curve) < epoch
 
 
+def goal_reached(session: Session, claim: Claim, val_accuracy: float, mine: float | None) -> bool:
+    """Whether the job's `stop_when` goal is reached (by this trial's latest epoch, `mine`, or
+    by any trial of the job); when it is, the job's queued trials are cancelled, in the epoch's
+    guarded transaction."""
+    best = session.scalar(select(func.max(Trial.val_accuracy)).where(Trial.job_id == claim.job_id))
+    if max(best or 0.0, mine or 0.0) < val_accuracy:
+        return False
+    queued = and_(Trial.job_id == claim.job_id, Trial.status == TrialStatus.QUEUED)
+    session.execute(update(Trial).where(queued).values(status=TrialStatus.CANCELLED, finished_at=func.now()))
+    return True
+
+
 def siblings(session: Session, claim: Claim) -> list[Sibling]:
     """The job's other trials with their validation curves, in one query (for early stopping)."""
     rows = session.execute(

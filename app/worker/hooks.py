@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from app.errors import LeaseLost
 from app.store.checkpoints import record_checkpoints
-from app.store.claims import Claim, record_epochs, record_plan, restore_epochs, siblings
+from app.store.claims import Claim, goal_reached, record_epochs, record_plan, restore_epochs, siblings
 from app.worker.files import TrialFiles
 from app.worker.lease import Watch
 from ml import early_stopping
@@ -40,13 +40,18 @@ def decide(
     may_wait: bool = True,
 ) -> Decision:
     """What the job's early-stopping rule makes of this trial after its latest epoch: go on,
-    PRUNE, or (ASHA) PAUSE while other trials of the job have still to reach this epoch.
+    PRUNE, or (ASHA) PAUSE while other trials of the job have still to reach this epoch; first,
+    COMPLETE once the job's `stop_when` goal is reached (by this trial or another).
 
     Runs inside the epoch's guarded transaction and reads the job's other trials in one query.
     A trial that has just trained its last epoch is finished, never pruned; one a user extended is
     trained to the end (the user chose it over the rule). `may_wait` is False
     when the trial resumes from a pause: it has waited at this rung once already.
     """
+    goal = claim.job_spec.get("stop_when")  # the validated JobSpec's, as stored
+    mine_latest = history[-1].val_accuracy if history else None
+    if goal and not claim.extended and goal_reached(session, claim, goal["val_accuracy"], mine_latest):
+        return Decision.COMPLETE
     max_epochs = int(claim.config["epochs"])
     if rule.strategy == "none" or len(history) >= max_epochs or claim.extended:
         return Decision.CONTINUE

@@ -157,6 +157,9 @@ def test_an_asha_sweep_prunes_its_bad_trials_and_trains_fewer_epochs_than_the_gr
         "train": {**TINY_TRAIN, "epochs": EPOCHS},
         "data": SMALLER_DATA,
         "early_stopping": {"strategy": "asha", "min_epochs": 1, "reduction_factor": 3},
+        # Every trial's files kept, so the layout below is each attempt's (the default policy would
+        # archive the 4th best and delete last.pt: tests/worker/test_retention_worker.py).
+        "retention": {"top_k": None, "keep_last": True},
     }
     with TestClient(create_app(settings)) as client:
         response = client.post("/jobs", json=body)

@@ -48,7 +48,9 @@ def test_a_six_trial_grid_keeps_the_top_three_and_still_predicts_extends_and_ret
 ) -> None:
     settings = worker_settings(data_dir=data_dir, model_poll_seconds=0.2)
     with transaction(factory) as session:
-        job, _ = submit_job(session, tiny_spec(1, seeds=tuple(range(6)), max_attempts=1, data=SMALLER_DATA))
+        job, _ = submit_job(
+            session, tiny_spec(1, seeds=tuple(range(6)), max_attempts=1, data=SMALLER_DATA, retention=None)
+        )
         job_id, trial_ids = job.id, [t.id for t in job.trials]
     _train(worker_settings(), 1)  # no data set here: the first trial fails, to be retried below
     failed_id = next(i for i in trial_ids if trial_row(factory, i).status == "failed")

@@ -40,7 +40,9 @@ def test_extend_the_best_of_two_one_epoch_trials_to_three_epochs(
 ) -> None:
     settings = worker_settings(data_dir=data_dir)
     with transaction(factory) as session:
-        job, _ = submit_job(session, tiny_spec(1, seeds=(0, 1), data={"val_size": 40, "train_limit": 120}))
+        job, _ = submit_job(
+            session, tiny_spec(1, seeds=(0, 1), data={"val_size": 40, "train_limit": 120}, retention=None)
+        )
         job_id, trial_ids = job.id, [t.id for t in job.trials]
     _train(settings, 2)
     assert _job(factory, job_id).status == "succeeded"
@@ -98,3 +100,23 @@ def test_a_failed_trial_is_retried_and_an_added_point_is_trained(
     assert _job(factory, job_id).status == "succeeded"
     with factory() as session:
         assert session.scalar(select(Trial.error).where(Trial.id == trial_id)) is None
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_stop_when_ends_the_job_once_a_trial_reaches_the_goal(
+    factory: sessionmaker[Session], worker_settings: Callable[..., Settings], data_dir: Path
+) -> None:
+    spec = tiny_spec(3, seeds=(0, 1, 2), data={"val_size": 40, "train_limit": 120})
+    spec = spec.model_validate(
+        {**spec.model_dump(), "stop_when": {"val_accuracy": 0.01}}
+    )  # any epoch reaches it
+    with transaction(factory) as session:
+        job, _ = submit_job(session, spec)
+        job_id, trial_ids = job.id, [t.id for t in job.trials]
+    _train(worker_settings(data_dir=data_dir), 1)
+    first, *others = (trial_row(factory, i) for i in trial_ids)
+    assert (first.status, first.epochs_done, first.epochs) == ("succeeded", 1, 3), first.error
+    assert first.test_accuracy is not None  # tested on its best epoch like any finished trial
+    assert [t.status for t in others] == ["cancelled", "cancelled"]
+    job = _job(factory, job_id)
+    assert (job.status, job.finished_at is not None) == ("succeeded", True)

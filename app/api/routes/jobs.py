@@ -10,7 +10,7 @@ from pydantic import BeforeValidator, WithJsonSchema
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app.api.deps import MAX_ID, JobId, PredictorDep, SessionDep, StoreDep
+from app.api.deps import MAX_ID, JobId, PredictorDep, SessionDep, StoreDep, TrialId
 from app.api.schemas import problem_responses
 from app.api.schemas.jobs import (
     JOB_SPEC_EXAMPLE,
@@ -20,7 +20,7 @@ from app.api.schemas.jobs import (
     job_out,
     job_summary,
 )
-from app.api.schemas.steering import ExtendIn
+from app.api.schemas.steering import ADD_EXAMPLE, EXTEND_EXAMPLE, AddTrialsIn, ExtendIn
 from app.store.artifacts import ArtifactStore, job_key
 from app.store.jobs import (
     cancel_job,
@@ -34,7 +34,7 @@ from app.store.jobs import (
 )
 from app.store.points import best_point, best_trial_of, job_points
 from app.store.registry import record_champion
-from app.store.steering import extend_trials
+from app.store.steering import add_trials, extend_trials, retry_trial
 from ml.job import JobSpec
 
 CURSOR_PREFIX = b"jobs:"
@@ -125,8 +125,44 @@ def cancel(job_id: JobId, session: SessionDep, store: StoreDep) -> JobOut:
     responses=problem_responses(404, 409, 422),
     summary="Train the best (or chosen) finished trials on to more epochs, from their checkpoints",
 )
-def extend(job_id: JobId, body: ExtendIn, session: SessionDep, store: StoreDep) -> JobOut:
+def extend(
+    job_id: JobId,
+    body: Annotated[ExtendIn, Body(openapi_examples={"top 2 to 40 epochs": {"value": EXTEND_EXAMPLE}})],
+    session: SessionDep,
+    store: StoreDep,
+) -> JobOut:
     extend_trials(session, job_id, body.epochs, store, top_k=body.top_k, trial_ids=body.trial_ids)
+    session.commit()
+    return _job_out(session, store, job_id)
+
+
+@router.post(
+    "/{job_id}/trials",
+    status_code=202,
+    response_model=JobOut,
+    responses=problem_responses(404, 409, 422),
+    summary="Queue new trials in the job, one per point (a point already in the job is a 409)",
+)
+def add(
+    job_id: JobId,
+    body: Annotated[AddTrialsIn, Body(openapi_examples={"two points": {"value": ADD_EXAMPLE}})],
+    session: SessionDep,
+    store: StoreDep,
+) -> JobOut:
+    add_trials(session, job_id, body.points)
+    session.commit()
+    return _job_out(session, store, job_id)
+
+
+@router.post(
+    "/{job_id}/trials/{trial_id}/retry",
+    status_code=202,
+    response_model=JobOut,
+    responses=problem_responses(404, 409, 422),
+    summary="Queue a failed or cancelled trial again, from its last checkpoint, with a fresh attempt budget",
+)
+def retry(job_id: JobId, trial_id: TrialId, session: SessionDep, store: StoreDep) -> JobOut:
+    retry_trial(session, job_id, trial_id)
     session.commit()
     return _job_out(session, store, job_id)
 

@@ -1,5 +1,5 @@
-"""A job's trials: one with its per-epoch history, or every trial's history at once; trials added
-to a job, a failed or cancelled trial retried."""
+"""A job's trials: one with its per-epoch history, or every trial's history at once. (Adding and
+retrying trials answer with the job: app.api.routes.jobs.)"""
 
 from __future__ import annotations
 
@@ -7,10 +7,8 @@ from fastapi import APIRouter
 
 from app.api.deps import JobId, SessionDep, TrialId
 from app.api.schemas import problem_responses
-from app.api.schemas.jobs import EpochOut, TrialDetail, TrialOut
-from app.api.schemas.steering import AddTrialsIn
+from app.api.schemas.jobs import EpochOut, TrialDetail
 from app.store.jobs import get_trial, job_history
-from app.store.steering import add_trials, retry_trial
 
 router = APIRouter(prefix="/jobs", tags=["trials"])
 
@@ -36,29 +34,3 @@ def read_job_history(job_id: JobId, session: SessionDep) -> dict[str, list[Epoch
         str(trial_id): [EpochOut.model_validate(row) for row in rows]
         for trial_id, rows in job_history(session, job_id).items()
     }
-
-
-@router.post(
-    "/{job_id}/trials",
-    status_code=202,
-    response_model=list[TrialOut],
-    responses=problem_responses(404, 409, 422),
-    summary="Queue new trials in the job, one per point (a point already in the job is a 409)",
-)
-def add(job_id: JobId, body: AddTrialsIn, session: SessionDep) -> list[TrialOut]:
-    added = add_trials(session, job_id, body.points)
-    session.commit()
-    return [TrialOut.model_validate(t) for t in added]
-
-
-@router.post(
-    "/{job_id}/trials/{trial_id}/retry",
-    status_code=202,
-    response_model=TrialOut,
-    responses=problem_responses(404, 409, 422),
-    summary="Queue a failed or cancelled trial again, from its last checkpoint, with a fresh attempt budget",
-)
-def retry(job_id: JobId, trial_id: TrialId, session: SessionDep) -> TrialOut:
-    trial = retry_trial(session, job_id, trial_id)
-    session.commit()
-    return TrialOut.model_validate(trial)

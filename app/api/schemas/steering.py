@@ -8,6 +8,9 @@ from pydantic import Field, model_validator
 
 from ml.config import MAX_TRIALS, Strict
 
+EXTEND_EXAMPLE: dict[str, Any] = {"epochs": 40, "top_k": 2}
+ADD_EXAMPLE: dict[str, Any] = {"points": [{"lr": 0.05}, {"lr": 0.2, "weight_decay": 1e-4}]}
+
 Epochs = Annotated[int, Field(ge=1, le=1000, description="epochs in all, more than the trials have done")]
 
 

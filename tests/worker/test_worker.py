@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import torch
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -339,7 +339,6 @@ def test_a_worker_that_lost_its_lease_stops_and_writes_nothing(
     factory: sessionmaker[Session],
     submit_job_of: Submit,
     worker_settings: Callable[..., Settings],
-    expire_lease: Callable[[int], None],
     data_dir: Path,
     one_thread: None,
 ) -> None:
@@ -348,9 +347,10 @@ def test_a_worker_that_lost_its_lease_stops_and_writes_nothing(
     thread, errors = worker_thread(settings)
     try:
         wait_for(lambda: trial_row(factory, trial_id).status == "running" or not thread.is_alive())
-        # The worker looks dead to the queue (e.g. it was paused): its lease runs out and it is reclaimed.
-        expire_lease(trial_id)
+        # The worker looks dead to the queue (e.g. it was paused): its lease runs out and it is reclaimed,
+        # in one transaction, so the worker's 0.2 s heartbeat cannot renew the lease in between.
         with transaction(factory) as session:
+            session.execute(update(Trial).where(Trial.id == trial_id).values(lease_expires_at=0.0))
             thief = claim_trial(session, "thief", 60.0)
         rows_when_stolen = [(row.epoch, row.attempt) for row in epoch_rows(factory, trial_id)]
     finally:

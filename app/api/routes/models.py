@@ -51,14 +51,14 @@ router = APIRouter(prefix="/models", tags=["models"])
 
 @router.get("", response_model=ModelList, summary="Registered models, newest first")
 def read_models(session: SessionDep, predictor: PredictorDep) -> ModelList:
-    serving = _serving(predictor)
+    serving = _serving(predictor, session)
     names = aliases_by_model(session)
     return ModelList(items=[_model_out(row, serving, names) for row in list_models(session)])
 
 
 @router.get("/aliases", response_model=AliasList, summary="Every alias and the model it names")
 def read_aliases(session: SessionDep, predictor: PredictorDep) -> AliasList:
-    serving = _serving(predictor)
+    serving = _serving(predictor, session)
     items = [AliasOut(name=a.name, model_id=a.model_id, pinned=True) for a in list_aliases(session)]
     items = [item for item in items if item.name != CHAMPION]
     if serving is not None:  # champion is what /predict answers with
@@ -122,7 +122,7 @@ def read_history(
 @router.get("/{model_id}", response_model=ModelOut, responses=problem_responses(404, 422))
 def read_model(model_id: ModelId, session: SessionDep, predictor: PredictorDep) -> ModelOut:
     row = get_model(session, model_id)
-    return _model_out(row, _serving(predictor), aliases_by_model(session))
+    return _model_out(row, _serving(predictor, session), aliases_by_model(session))
 
 
 @router.post(
@@ -133,7 +133,7 @@ def read_model(model_id: ModelId, session: SessionDep, predictor: PredictorDep) 
 )
 def promote(model_id: ModelId, session: SessionDep, store: StoreDep, predictor: PredictorDep) -> ModelOut:
     _promote(model_id, session, store, predictor)
-    return _model_out(get_model(session, model_id), _serving(predictor), aliases_by_model(session))
+    return _model_out(get_model(session, model_id), _serving(predictor, session), aliases_by_model(session))
 
 
 def _promote(model_id: int, session: Session, store: ArtifactStore, predictor: Predictor) -> None:
@@ -147,8 +147,13 @@ def _promote(model_id: int, session: Session, store: ArtifactStore, predictor: P
     from_thread.run(predictor.refresh_now)
 
 
-def _serving(predictor: Predictor) -> int | None:
-    """The id /predict answers with now, after looking at the registry (read-your-writes)."""
+def _serving(predictor: Predictor, session: Session) -> int | None:
+    """The id /predict answers with now, after looking at the registry (read-your-writes).
+
+    The request's transaction ends first: the predictor reads the registry on its own thread and
+    connection, and on SQLite (every transaction there is BEGIN IMMEDIATE) an open one here would
+    hold the lock it waits for."""
+    session.commit()
     from_thread.run(predictor.refresh_now)
     return predictor.status()["model_id"]
 

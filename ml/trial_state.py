@@ -18,6 +18,7 @@ from typing import Any, Protocol, TypeVar
 
 from ml import extension
 from ml.checkpoint import inference_checkpoint, load_checkpoint, save_atomic
+from ml.checkpoint_files import BEST, LAST
 from ml.config import TrainConfig
 from ml.data import MEAN, STD
 from ml.environment import restore_rng_state, rng_state
@@ -27,8 +28,6 @@ from ml.setup import TrialSetup
 
 log = logging.getLogger(__name__)
 
-LAST = "last.pt"
-BEST = "best.pt"
 CURVE = "curve"  # best.pt's history up to its epoch: what continuing from best.pt alone needs
 _TRAINING_KEYS = ("train_model", "ema_updates", "optimizer", "scheduler", "rng", "history")
 

@@ -342,7 +342,6 @@ def finish_trial(session: Session, claim: Claim, outcome: Outcome) -> TrialStatu
         raise ValueError(f"trial {claim.trial_id} succeeded without a best checkpoint to register")
     if _already_ended(session, claim, outcome.status):
         return outcome.status
-    lock_job(session, claim.job_id)  # before the model's insert: see lock_job
     row = _write_history(
         session,
         claim,
@@ -354,6 +353,9 @@ def finish_trial(session: Session, claim: Claim, outcome: Outcome) -> TrialStatu
         finished_at=func.now(),
         **_image_counts(outcome),
     )
+    # Locks in the claim's order: the trial's row (just written), then the job's, before the
+    # model's insert share-locks the job row (see lock_job).
+    lock_job(session, claim.job_id)
     if outcome.status is TrialStatus.SUCCEEDED:
         _register_model(session, claim, row, outcome)
         session.flush()

@@ -17,8 +17,8 @@ from sqlalchemy.orm import Session, selectinload
 from app.errors import Conflict, IdempotencyMismatch, NotFound
 from app.store.tables import EpochMetric, Job, RegisteredModel, Trial
 from ml.config import DataConfig, TrainConfig
+from ml.eta import remaining_seconds
 from ml.job import JobSpec
-from ml.plan import remaining_seconds
 from ml.search import TrialPoint
 from ml.status import ACTIVE, JobStatus, TrialStatus
 
@@ -188,9 +188,10 @@ def delete_job(session: Session, job_id: int) -> list[int]:
 
 def lock_job(session: Session, job_id: int) -> Job | None:
     """The job's row, locked for the transaction (PostgreSQL; SQLite's BEGIN IMMEDIATE already
-    serialises writers). Lock order: a transaction that inserts a job's trials or models takes
-    this lock first, since the insert's foreign-key check share-locks the row and two such
-    transactions would then deadlock upgrading to this lock."""
+    serialises writers). Lock order: trial rows, then the job's row, then inserts of the job's
+    trials or models. A claim locks its trial and then the job; an insert's foreign-key check
+    share-locks the job row, and two such transactions would deadlock upgrading to this lock,
+    so whoever inserts takes this lock first (after the trial rows it writes)."""
     sqlite = session.get_bind().dialect.name == "sqlite"
     return session.get(Job, job_id, with_for_update=not sqlite, populate_existing=not sqlite)
 
@@ -234,7 +235,7 @@ def _set_finished_if_done(session: Session, job: Job) -> None:
 def job_eta_seconds(session: Session, job: Job) -> float | None:
     """Seconds until the job's unfinished trials end, from the epoch times measured so far: each
     unfinished trial's epochs left (at its own mean epoch time, or the job's before it has one)
-    and its test (ml.plan.remaining_seconds), shared by the trials running now. None until an
+    and its test (ml.eta.remaining_seconds), shared by the trials running now. None until an
     epoch of the job is done; 0 once no trial is left to run."""
     active = [t for t in job.trials if t.status in ACTIVE]
     if not active:

@@ -33,9 +33,9 @@ from app.store.artifacts import ArtifactStore, trial_key
 from app.store.jobs import lock_job
 from app.store.registry import retained_model_ids
 from app.store.tables import Checkpoint, RegisteredModel, Trial
+from ml.checkpoint_files import LAST
 from ml.job import RetentionSpec
 from ml.status import TrialStatus
-from ml.trial_state import LAST
 
 RETAINED_STATUSES = (TrialStatus.SUCCEEDED, TrialStatus.PRUNED)
 MODEL_COPY_PREFIX = "model-"  # a served model's best.pt kept aside while its trial is extended

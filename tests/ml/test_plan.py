@@ -13,8 +13,9 @@ from ml.checkpoint import load_checkpoint
 from ml.config import REPORT_RECIPE, DataConfig, TrainConfig
 from ml.data import Splits
 from ml.engine import Deadline
+from ml.eta import remaining_seconds
 from ml.job import JobSpec
-from ml.plan import DoesNotFit, Plan, Speed, plan, remaining_seconds
+from ml.plan import DoesNotFit, Plan, Speed, plan
 from ml.train import TrialHooks, run_trial
 
 REPO = Path(__file__).resolve().parents[2]

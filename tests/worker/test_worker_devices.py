@@ -43,6 +43,7 @@ TINY_TRAIN: dict[str, Any] = {
     "lr": 1e-3,
     "weight_decay": 0.05,
     "ema_decay": 0.9,
+    "warmup_min_steps": 0,  # ~15 steps: the presets' warm-up floor would keep lr near zero
 }
 
 

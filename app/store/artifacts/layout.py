@@ -15,7 +15,7 @@ import shutil
 from pathlib import Path
 
 from app.store.artifacts.local import link_or_copy
-from ml.trial_state import BEST, LAST
+from ml.checkpoint_files import BEST, LAST
 
 ATTEMPT_PREFIX = "attempt-"
 

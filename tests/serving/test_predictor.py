@@ -63,6 +63,18 @@ async def serving(predictor: Predictor, model_id: int) -> None:
     await until(lambda: predictor.status()["model_id"] == model_id)
 
 
+def batch_tolerance(predictor: Predictor) -> float:
+    """How far one image's answer may move with the size of the batch it is in: fp32 agrees to
+    ~1e-7, but bf16 kernels are chosen per batch shape (on an AMX Xeon the 4th digit moved)."""
+    return 1e-5 if predictor.status()["precision"] == "fp32" else 5e-3
+
+
+def assert_same_rows_in_order(actual: np.ndarray, expected: np.ndarray, atol: float) -> None:
+    np.testing.assert_allclose(actual, expected, atol=atol)
+    distances = np.abs(actual[:, None, :] - expected[None, :, :]).max(axis=2)
+    assert list(distances.argmin(axis=1)) == list(range(len(expected)))  # each row nearest its own
+
+
 def probabilities(response: dict[str, Any]) -> np.ndarray:
     return np.array([list(p["probabilities"].values()) for p in response["predictions"]])
 
@@ -83,22 +95,22 @@ def test_concurrent_requests_share_forward_passes_and_match_unbatched(
     model_id = register_model(factory, make_settings().artifacts_dir, val_accuracy=0.5)
     images = png_files(16, seed=1)
 
-    async def answers(settings: Settings) -> tuple[list[dict[str, Any]], int]:
+    async def answers(settings: Settings) -> tuple[list[dict[str, Any]], int, float]:
         async with running(settings, factory) as predictor:
             await serving(predictor, model_id)
             before = predictor.forward_passes
             responses = await asyncio.gather(*(predict(predictor, [image]) for image in images))
-            return responses, predictor.forward_passes - before
+            return responses, predictor.forward_passes - before, batch_tolerance(predictor)
 
-    batched, batched_passes = asyncio.run(answers(make_settings(max_batch_size=64, max_delay_ms=50)))
-    single, single_passes = asyncio.run(answers(make_settings(max_batch_size=1)))
+    batched, batched_passes, atol = asyncio.run(answers(make_settings(max_batch_size=64, max_delay_ms=50)))
+    single, single_passes, _ = asyncio.run(answers(make_settings(max_batch_size=1)))
     assert single_passes == 16
     assert batched_passes < 16 / 2  # gathered, not one pass per request
     assert {r["model"]["id"] for r in batched} == {model_id}
-    np.testing.assert_allclose(
+    assert_same_rows_in_order(
         np.concatenate([probabilities(r) for r in batched]),
         np.concatenate([probabilities(r) for r in single]),
-        atol=1e-5,
+        atol,
     )
 
 
@@ -115,8 +127,10 @@ def test_one_request_answers_in_input_order_with_a_full_body(
             await serving(predictor, model_id)
             together = await predict(predictor, images)
             alone = [await predict(predictor, [image]) for image in reversed(images)][::-1]
-            np.testing.assert_allclose(
-                probabilities(together), np.concatenate([probabilities(r) for r in alone]), atol=1e-5
+            assert_same_rows_in_order(
+                probabilities(together),
+                np.concatenate([probabilities(r) for r in alone]),
+                batch_tolerance(predictor),
             )
             assert together["model"] == {
                 "id": model_id,

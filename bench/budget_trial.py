@@ -61,6 +61,8 @@ def main(argv: list[str] | None = None) -> None:
         "best_val_accuracy": result.best_val_accuracy,
         "epochs_run": len(result.history),
         "plan": result.environment.get("plan"),
+        "precision": result.environment.get("precision"),
+        "precision_probe": result.environment.get("precision_probe"),
         "history": [m.as_dict() for m in result.history],
         "val_fingerprint": splits.val_fingerprint,
     }

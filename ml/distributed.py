@@ -388,7 +388,7 @@ def rank_main(job: RankJob, link: Connection, stop: Event) -> None:
         torch.set_num_threads(job.threads)
         with _process_group(job, device):
             team = DistributedTeam(job.rank, job.world_size, device)
-            runtime = Runtime(device, job.device_ids, "ddp", precision_for(job.cfg.precision, device))
+            runtime = Runtime(device, job.device_ids, "ddp", *precision_for(job.cfg, device))
             hooks = RankHooks(team, link, stop, job.supervisor_pid)
             args = (job.cfg, splits, job.out_dir, hooks, runtime, job.metadata, job.allow_download, team)
             result = train_process(*args)

@@ -14,7 +14,7 @@ import gc
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -142,6 +142,7 @@ def train_process(
     started = time.monotonic()
     try:
         with determinism(cfg.deterministic, runtime.device):
+            runtime = _precision_of_resumed(cfg, runtime, out_dir)
             cfg, plan, deadline = _plan_budget(cfg, splits, runtime, allow_download, out_dir, hooks, started)
             seed_everything(cfg.seed)
             setup = build_setup(cfg, splits, runtime, allow_download)
@@ -149,6 +150,16 @@ def train_process(
             return _train(setup, out_dir, hooks, {**metadata, **extra}, team, deadline)
     finally:
         _release_memory(runtime.device, cfg.compile)
+
+
+def _precision_of_resumed(cfg: TrainConfig, runtime: Runtime, out_dir: Path) -> Runtime:
+    """A resumed "auto" trial trains on in the precision it started in: measured again, a machine
+    near the margin (or busier now) could choose the other one, and the resume would not be exact."""
+    saved = trial_state.saved_precision(out_dir) if cfg.precision == "auto" else None
+    if saved is None or saved == runtime.precision:
+        return runtime
+    log.info("resuming in %s, the precision the trial began in (measured now: %s)", saved, runtime.precision)
+    return replace(runtime, precision=saved)
 
 
 def _plan_budget(

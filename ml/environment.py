@@ -9,7 +9,7 @@ import platform
 import random
 import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from ml.config import TrainConfig
+from ml.precision import PrecisionProbe, cpu_precision
 
 REPO_DIR = Path(__file__).resolve().parent.parent
 
@@ -27,6 +28,7 @@ class Runtime:
     device_ids: tuple[int, ...]  # CUDA devices used; () on the CPU
     parallel: str  # "none", "dataparallel" or "ddp" (then `device` is this rank's)
     precision: str  # "bf16" or "fp32": what autocast actually does
+    precision_probe: PrecisionProbe | None = None  # the measurement behind "auto" on a CPU
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
@@ -44,7 +46,8 @@ def select_runtime(cfg: TrainConfig, device_ids: list[int] | None) -> Runtime:
         ids = ids[:1]
     parallel = "dataparallel" if len(ids) > 1 else "none"
     device = torch.device("cuda", ids[0]) if ids else torch.device("cpu")
-    return Runtime(device, tuple(ids), parallel, precision_for(cfg.precision, device))
+    precision, probe = precision_for(cfg, device)
+    return Runtime(device, tuple(ids), parallel, precision, probe)
 
 
 def cuda_devices(device_ids: list[int] | None) -> list[int]:
@@ -59,18 +62,26 @@ def _visible_cuda_devices() -> list[int]:
     return list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
 
 
-def precision_for(requested: str, device: torch.device) -> str:
-    """What a TrainConfig.precision means on `device`: "bf16" or "fp32"."""
-    if requested != "auto":
-        return requested
+def precision_for(
+    cfg: TrainConfig, device: torch.device, training: bool = True
+) -> tuple[str, PrecisionProbe | None]:
+    """What `cfg.precision` means for its network on `device` ("bf16" or "fp32"), and the
+    measurement that decided, if one did: "auto" on a CPU with AMX or AVX512-BF16 times both
+    (ml.precision); `training` False times inference (the server's choice)."""
+    if cfg.precision != "auto":
+        return cfg.precision, None
     if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    return "bf16" if cpu_has_fast_bf16() else "fp32"
+        return ("bf16" if torch.cuda.is_bf16_supported() else "fp32"), None
+    if not cpu_has_fast_bf16():
+        return "fp32", None
+    probe = cpu_precision(cfg, cfg.batch_size, training)
+    return probe.precision, probe
 
 
 @functools.cache
 def cpu_has_fast_bf16() -> bool:
-    """AMX or AVX512-BF16: without them CPU bf16 is emulated and slower than fp32."""
+    """AMX or AVX512-BF16: without them CPU bf16 is emulated and slower than fp32 (with them it
+    may still be slower: ml.precision measures)."""
     return bool({"amx_bf16", "avx512_bf16"} & set((_cpuinfo("flags") or "").split()))
 
 
@@ -162,6 +173,7 @@ def describe(
         "device_ids": list(runtime.device_ids),
         "parallel": runtime.parallel,
         "precision": runtime.precision,
+        "precision_probe": asdict(runtime.precision_probe) if runtime.precision_probe else None,
         "channels_last": cfg.channels_last,
         "compiled": compiled,
         "compile_seconds": compile_seconds,

@@ -154,11 +154,18 @@ def _repair_best(out_dir: Path, last: dict[str, Any]) -> None:
 
 def saved_plan(out_dir: Path) -> Plan | None:
     """The time-budget plan out_dir/last.pt was trained with, if any."""
-    path = out_dir / LAST
-    if not path.is_file():
-        return None
-    saved = load_checkpoint(path)["metadata"].get("plan")
+    saved = _saved_metadata(out_dir).get("plan")
     return Plan.from_dict(saved) if saved else None
+
+
+def saved_precision(out_dir: Path) -> str | None:
+    """The precision out_dir/last.pt was trained in, if any."""
+    return _saved_metadata(out_dir).get("environment", {}).get("precision")
+
+
+def _saved_metadata(out_dir: Path) -> dict[str, Any]:
+    path = out_dir / LAST
+    return load_checkpoint(path)["metadata"] if path.is_file() else {}
 
 
 def load_best_weights(setup: TrialSetup, path: Path) -> None:

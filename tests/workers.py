@@ -32,6 +32,9 @@ TINY_TRAIN: dict[str, Any] = {
     "ema_decay": 0.9,
     "deterministic": True,
     "warmup_min_steps": 0,  # 15 steps an epoch: the GPU recipe's floor would keep lr near zero
+    # "auto" times both precisions in each worker process; on a CPU near the margin two workers
+    # could choose differently, and tests compare results across processes
+    "precision": "fp32",
 }
 TINY_DATA = {"val_size": 60}  # of 300 synthetic train images; 50 test images
 SMALLER_DATA = {"val_size": 40, "train_limit": 120}  # half the images: still ~0.75 val accuracy in 1 epoch

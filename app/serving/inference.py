@@ -19,7 +19,7 @@ from app.store.artifacts import ArtifactStore
 from app.store.registry import ModelInfo
 from ml.checkpoint import load_for_inference
 from ml.config import TrainConfig
-from ml.environment import select_runtime
+from ml.environment import precision_for
 from ml.evaluate import normalize, predict_logits
 
 log = logging.getLogger("sweepserve.inference")
@@ -89,9 +89,8 @@ def serving_graph(
 
 
 def _precision(config: dict, device: torch.device) -> str:
-    # The trainer's rule (its "auto" means bf16 only where bf16 is fast), for one device.
-    cfg = TrainConfig.model_validate(config).model_copy(update={"parallel": "none"})
-    return select_runtime(cfg, [device.index or 0] if device.type == "cuda" else []).precision
+    # The trainer's rule ("auto": bf16 only where it measures faster), timed on forward passes.
+    return precision_for(TrainConfig.model_validate(config), device, training=False)[0]
 
 
 @torch.inference_mode()

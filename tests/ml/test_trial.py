@@ -14,10 +14,12 @@ import pytest
 import torch
 
 import ml.setup
+from ml import environment
 from ml.checkpoint import load_checkpoint, load_for_inference, save_atomic
 from ml.config import TrainConfig
 from ml.data import MEAN, Splits
 from ml.evaluate import evaluate
+from ml.precision import PrecisionProbe
 from ml.train import Decision, EpochMetrics, TrialAborted, TrialHooks, TrialResult, run_trial
 from ml.trial_state import SplitMismatch
 
@@ -341,3 +343,22 @@ def test_a_checkpoint_from_before_the_new_fields_resumes(micro_splits: Splits, t
     hooks = Recorder()
     again = run_trial(cfg, micro_splits, tmp_path, hooks, device_ids=[])
     assert hooks.ends == [] and again.test_accuracy == first.test_accuracy  # resumed, not retrained
+
+
+def test_a_resumed_auto_trial_keeps_the_precision_it_started_in(
+    micro_splits: Splits, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    measured = {"now": PrecisionProbe(fp32_seconds=1.0, bf16_seconds=2.0, batch=10, training=True)}
+    monkeypatch.setattr(environment, "cpu_has_fast_bf16", lambda: True)
+    monkeypatch.setattr(environment, "cpu_precision", lambda cfg, batch, training: measured["now"])
+    cfg = TrainConfig(arch="resnet18_imagenet", epochs=2, batch_size=10, ema_decay=0.9)
+    with pytest.raises(TrialAborted):
+        run_trial(cfg, micro_splits, tmp_path / "trial", StopDuringEpoch(epoch=2), device_ids=[])
+    assert load_checkpoint(tmp_path / "trial" / "last.pt")["metadata"]["environment"]["precision"] == "fp32"
+
+    measured["now"] = PrecisionProbe(fp32_seconds=2.0, bf16_seconds=1.0, batch=10, training=True)
+    resumed = run_trial(cfg, micro_splits, tmp_path / "trial", device_ids=[])
+    assert [m.epoch for m in resumed.history] == [1, 2] and resumed.environment["precision"] == "fp32"
+    fresh = run_trial(cfg.model_copy(update={"epochs": 1}), micro_splits, tmp_path / "fresh", device_ids=[])
+    assert fresh.environment["precision"] == "bf16"  # a new trial follows the new measurement
+    assert fresh.environment["precision_probe"]["bf16_seconds"] == 1.0

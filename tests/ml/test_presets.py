@@ -47,6 +47,7 @@ def test_presets_fill_what_the_spec_leaves_out() -> None:
     mixed = TrainConfig(preset="cpu", epochs=3, batch_size=512, augment={"flip": False})
     assert (mixed.epochs, mixed.arch, mixed.lr) == (3, "resnet18_imagenet", pytest.approx(0.4))
     assert not mixed.augment.flip and mixed.augment.cutout == 0
+    assert (mixed.augment.crop_padding, mixed.augment.flip_mode) == (2, "alternate")  # kept from the preset
 
 
 def test_the_stored_spec_shows_resolved_values() -> None:

@@ -95,7 +95,7 @@ def check_augmentation(device: torch.device, epoch_images: int) -> str:
 def check_training_step(device: torch.device) -> str:
     runtime = select_runtime(SMOKE, [0] if device.type == "cuda" else [])
     expected = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else runtime.precision
-    assert runtime.precision == expected == precision_for("auto", device), runtime.precision
+    assert runtime.precision == expected == precision_for(SMOKE, device)[0], runtime.precision
     setup = build_setup(SMOKE, random_splits(), runtime, allow_download=False)
     assert setup.train_x.device.type == device.type, "splits live on the device"
     assert setup.net.conv1.weight.is_contiguous(memory_format=torch.channels_last), "channels_last weights"

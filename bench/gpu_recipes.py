@@ -137,7 +137,7 @@ class TestCurve:
             device=device, memory_format=memory_format
         )
         self.x, self.y = splits.test_x.to(device), splits.test_y.to(device)
-        self.precision = precision_for(cfg.precision, device)
+        self.precision, _ = precision_for(cfg, device, training=False)
         self.seconds = 0.0
 
     def accuracy(self, last_checkpoint: Path) -> float:
@@ -241,7 +241,7 @@ def run_recipe(
 def tta_table(best: Path, splits: Splits, device: torch.device, cfg: TrainConfig) -> list[dict[str, Any]]:
     """The best checkpoint's validation and test accuracy under each of TTAS."""
     net, _ = load_for_inference(best, device)
-    precision = precision_for(cfg.precision, device)
+    precision, _ = precision_for(cfg, device, training=False)
     rows = []
     for name, mirror, translate_px in TTAS:
         row: dict[str, Any] = {"tta": name}

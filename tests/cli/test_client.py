@@ -32,8 +32,11 @@ KEY = "k3y"
 
 
 @pytest.fixture(autouse=True)
-def restore_logging() -> Iterator[None]:
-    with preserved_logging():  # app.cli.main configures logging onto pytest's captured stderr
+def restore_logging(capsys: pytest.CaptureFixture[str]) -> Iterator[None]:
+    # app.cli.main configures logging onto pytest's captured stderr. Taking capsys here sets it up
+    # first, so it closes last: the live server's shutdown lines (logged after the test body) still
+    # reach an open stream, and the handlers are put back before it closes ("Logging error" else).
+    with preserved_logging():
         yield
 
 

@@ -1,5 +1,7 @@
 """The dashboard: its pages and history endpoint (SQLite and PostgreSQL), and a real headless Chromium
-drawing a finished sweep's curves (SQLite), which also refreshes docs/dashboard.png."""
+drawing a finished sweep's curves (SQLite). Screenshots go to the test's tmp_path; with
+SWEEPSERVE_REFRESH_SCREENSHOTS=1 they refresh docs/dashboard.png and docs/intervals.png instead
+(a test run never changes tracked files unasked)."""
 
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from tests.served_models import png_files, register_model
 from tests.sweep_rows import EPOCHS, Sweep, advance, start_trial, write_sweep
 
 CHROMIUM = "/usr/bin/chromium"
-SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "dashboard.png"
+DOCS = Path(__file__).resolve().parents[2] / "docs"
 CHROMIUM_ARGS = [
     "--headless",
     "--no-sandbox",
@@ -171,12 +173,17 @@ def test_job_page_draws_one_curve_per_trial_in_each_chart(
             "trial-line best"
         )
         assert page.is_hidden("#cancel")  # a finished job cannot be cancelled
-        SCREENSHOT.parent.mkdir(exist_ok=True)
-        page.screenshot(path=str(SCREENSHOT), full_page=True)
+        shot = screenshot_path("dashboard.png", tmp_path)
+        page.screenshot(path=str(shot), full_page=True)
         assert_trial_table(page, sweep)
         assert errors == []
         page.close()
-    assert SCREENSHOT.stat().st_size > 10_000
+    assert shot.stat().st_size > 10_000
+
+
+def screenshot_path(name: str, tmp_path: Path) -> Path:
+    """Where a page's screenshot goes: docs/ when asked to refresh the docs' pictures."""
+    return (DOCS if os.environ.get("SWEEPSERVE_REFRESH_SCREENSHOTS") == "1" else tmp_path) / name
 
 
 def assert_trial_table(page: object, sweep: Sweep) -> None:
@@ -271,9 +278,6 @@ def test_docs_and_redoc_render_with_the_network_off(browser: object, db_url: str
         page.close()
 
 
-INTERVALS_SHOT = SCREENSHOT.with_name("intervals.png")
-
-
 @pytest.mark.slow
 @sqlite_only
 def test_job_page_draws_each_points_interval_and_the_tie_group(
@@ -301,7 +305,8 @@ def test_job_page_draws_each_points_interval_and_the_tie_group(
         assert rows == [[1, "interval best tied"], [0, "interval tied"], [2, "interval"], [3, "interval"]]
         assert page.locator("#chart-intervals rect.tie-band").count() == 1
         assert page.locator("#trials .tie-mark").count() == 6  # the repeats of the two tied points
-        page.locator("#intervals-figure").screenshot(path=str(INTERVALS_SHOT))
+        shot = screenshot_path("intervals.png", tmp_path)
+        page.locator("#intervals-figure").screenshot(path=str(shot))
         assert errors == []
         page.close()
-    assert INTERVALS_SHOT.stat().st_size > 5_000
+    assert shot.stat().st_size > 5_000

@@ -61,13 +61,13 @@ def test_a_small_dataset_gets_no_more_epochs_than_leave_a_batch_each() -> None:
 
 
 def test_too_few_steps_halve_the_batch_and_apply_scales_lr() -> None:
-    cfg = TrainConfig(preset="cpu", batch_size=512)  # lr 0.4 at 512
+    cfg = TrainConfig(preset="cpu", batch_size=512)
     chosen = plan(cfg, PROBE, 40.0, n_train=45_000, n_val=5000, n_test=10_000)
     assert chosen.epochs == 1 and chosen.epoch_images == 23_000  # 44 steps of 512: too few
     assert chosen.batch_size == 256 and 23_000 // 256 >= 60
     planned = chosen.apply(cfg, n_train=45_000)
     assert (planned.epochs, planned.epoch_images, planned.batch_size) == (1, 23_000, 256)
-    assert planned.lr == pytest.approx(0.2) and planned.time_budget_s is None
+    assert planned.lr == pytest.approx(cfg.lr / 2) and planned.time_budget_s is None  # half the batch
 
 
 def test_a_plan_over_every_image_leaves_epoch_images_unset() -> None:

@@ -67,7 +67,7 @@ def main() -> None:
     device = torch.device("cpu")
     serving = TrainConfig(arch=args.arch, precision=args.precision)
     precision, _ = precision_for(serving, device, training=False)
-    eager = build_model(TrainConfig(arch=args.arch)).eval().to(memory_format=torch.channels_last)
+    eager = build_model(serving).eval().to(memory_format=torch.channels_last)
     traced = serving_graph(eager, MEAN, STD, precision, device)
     images = torch.randint(0, 256, (args.batch, 3, 32, 32), dtype=torch.uint8)
     print(f"{args.arch}, batch {args.batch}, {precision}, 1 intra-op thread, torch {torch.__version__}")

@@ -36,6 +36,11 @@ def test_validating_a_resolved_config_again_changes_nothing(given: dict) -> None
     assert TrainConfig.model_validate(cfg.model_dump(mode="json")) == cfg
 
 
+def cpu_lr_at(batch: int) -> float:
+    """The cpu preset's lr at `batch`, by the linear rule (the expected value, written out)."""
+    return CPU_RECIPE["lr"] * batch / CPU_RECIPE["lr_reference_batch"]
+
+
 def test_presets_fill_what_the_spec_leaves_out() -> None:
     cpu = TrainConfig(preset="cpu")
     assert cpu.arch == CPU_RECIPE["arch"] and cpu.batch_size == CPU_RECIPE["batch_size"]
@@ -45,8 +50,7 @@ def test_presets_fill_what_the_spec_leaves_out() -> None:
         k: REPORT_RECIPE[k] for k in ("batch_size", "lr", "schedule", "warmup_min_steps")
     }
     mixed = TrainConfig(preset="cpu", epochs=3, batch_size=512, augment={"flip": False})
-    cpu_lr_at_512 = CPU_RECIPE["lr"] * 512 / CPU_RECIPE["lr_reference_batch"]  # the linear rule
-    assert (mixed.epochs, mixed.arch, mixed.lr) == (3, "resnet18_imagenet", pytest.approx(cpu_lr_at_512))
+    assert (mixed.epochs, mixed.arch, mixed.lr) == (3, "resnet18_imagenet", pytest.approx(cpu_lr_at(512)))
     assert not mixed.augment.flip and mixed.augment.cutout == 0
     assert (mixed.augment.crop_padding, mixed.augment.flip_mode) == (2, "alternate")  # kept from the preset
 
@@ -54,8 +58,7 @@ def test_presets_fill_what_the_spec_leaves_out() -> None:
 def test_the_stored_spec_shows_resolved_values() -> None:
     spec = JobSpec.model_validate({"train": {"preset": "cpu", "batch_size": 128}})
     stored = spec.model_dump(mode="json")["train"]
-    at_128 = CPU_RECIPE["lr"] * 128 / CPU_RECIPE["lr_reference_batch"]
-    assert stored["arch"] == "resnet18_imagenet" and stored["lr"] == pytest.approx(at_128)
+    assert stored["arch"] == "resnet18_imagenet" and stored["lr"] == pytest.approx(cpu_lr_at(128))
     assert JobSpec.model_validate(spec.model_dump(mode="json")) == spec
 
 
